@@ -1,0 +1,188 @@
+"""The anonymiser: study.arrived -> de-identify each instance -> staging -> study.staged.
+
+Reads only ``quarantine`` (identifiable) and writes only ``staging`` (de-identified). For each
+batch it writes the de-identified instances under ``<trust>/<pseudo study uid>/`` and a batch
+manifest ``manifest-<batch_id>.json`` beside them (sha256 per object, what was held back and
+why, table edition, key and code version); the batch manifests of a study together are its
+manifest, and none is ever rewritten, so concurrent batches of one study cannot race.
+
+Object keys come from keyed, deterministic UIDs: re-processing a redelivered message rewrites
+the same objects with the same bytes, so a crash mid-study still yields every instance exactly
+once in staging. The message is acked only after every object and the manifest are written and
+``study.staged`` is confirmed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import schemas
+from smartbox import __version__, metrics
+from smartbox.bus import Bus
+from smartbox.config import TrustConfig
+from smartbox.errors import PermanentError
+from smartbox.keys import RegionalKey
+from smartbox.store import ObjectStore, get_json, put_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Buckets:
+    quarantine: str = "quarantine"
+    staging: str = "staging"
+
+
+def staged_study_uid_fallback(key: RegionalKey, study_key: str) -> str:
+    """A pseudo study UID for a batch none of whose instances could be parsed."""
+    return "2.25." + str(int.from_bytes(key.digest("study-fallback", study_key)[:16], "big"))
+
+
+def describe_profile(trust: TrustConfig) -> dict[str, Any]:
+    """What was applied, for the manifest: profile, options and the table edition."""
+    import consumers.deid as deid
+
+    return {
+        "profile": "DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile",
+        "options": sorted(trust.deid_options),
+        "table_edition": getattr(deid, "TABLE_EDITION", "unknown"),
+    }
+
+
+class Anonymiser:
+    """Handles ``study.arrived`` messages."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        bus: Bus,
+        key: RegionalKey,
+        trusts: dict[str, TrustConfig],
+        buckets: Buckets = Buckets(),
+    ) -> None:
+        from consumers.deid import Deidentifier, DeidPolicy, PseudonymKey
+
+        self.store = store
+        self.bus = bus
+        self.key = key
+        self.trusts = trusts
+        self.buckets = buckets
+        self.producer = schemas.producer_name("anonymiser")
+        pkey = PseudonymKey(secret=key.secret, version=key.version)
+        self._engines = {
+            code: Deidentifier(
+                pkey,
+                DeidPolicy(
+                    trust_code=code,
+                    nhs_number_attribute=t.nhs_number_attribute,
+                    options=frozenset(t.deid_options),
+                ),
+            )
+            for code, t in trusts.items()
+        }
+        self._ready = False
+
+    def handle(self, message: dict[str, Any]) -> None:
+        started = time.monotonic()
+        code = message["trust"]
+        engine = self._engines.get(code)
+        if engine is None:
+            raise PermanentError(f"no trust file for {code} at the anonymiser")
+        if not self._ready:
+            self.store.ensure_bucket(self.buckets.staging)
+            self._ready = True
+        body = message["body"]
+        batch = get_json(self.store, body["bucket"], body["batch_key"])
+        if batch.get("study_key") != body["study_key"] or batch.get("trust") != code:
+            raise PermanentError("batch manifest does not belong to this message")
+        staged: list[dict[str, Any]] = []
+        held: list[dict[str, str]] = []
+        reasons: Counter[str] = Counter()
+        study_uid: str | None = None
+        fallbacks = 0
+        for entry in batch["instances"]:
+            raw = self.store.get_bytes(body["bucket"], entry["key"])
+            if hashlib.sha256(raw).hexdigest() != entry["sha256"]:
+                raise PermanentError("quarantine object does not match its recorded sha256")
+            result = engine.process(raw)
+            study_uid = study_uid or result.study_uid
+            if not result.ok or result.data is None:
+                reason = result.reason or "unknown"
+                reasons[reason] += 1
+                held.append({"source": entry["key"].rsplit("/", 1)[-1], "reason": reason})
+                continue
+            if not result.nhs_number_valid:
+                fallbacks += 1
+            obj_key = f"{code}/{result.study_uid}/{result.sop_instance_uid}.dcm"
+            self.store.put_bytes(self.buckets.staging, obj_key, result.data)
+            staged.append(
+                {
+                    "key": obj_key,
+                    "sha256": hashlib.sha256(result.data).hexdigest(),
+                    "size": len(result.data),
+                    "study_uid": result.study_uid,
+                    "series_uid": result.series_uid,
+                    "sop_instance_uid": result.sop_instance_uid,
+                    "sop_class_uid": result.sop_class_uid,
+                    "modality": result.modality,
+                    "patient": result.patient_pseudonym,
+                }
+            )
+        study_uid = study_uid or staged_study_uid_fallback(self.key, body["study_key"])
+        manifest_key = f"{code}/{study_uid}/manifest-{body['batch_id']}.json"
+        put_json(
+            self.store,
+            self.buckets.staging,
+            manifest_key,
+            {
+                "trust": code,
+                "study_uid": study_uid,
+                "batch_id": body["batch_id"],
+                "amendment": body["amendment"],
+                "instances": staged,
+                "held_back": held,
+                "deidentification": describe_profile(self.trusts[code]),
+                "key_version": self.key.version,
+                "code_version": __version__,
+            },
+        )
+        out = schemas.make_message(
+            "study.staged",
+            trust=code,
+            producer=self.producer,
+            parents=[message],
+            body={
+                "study_key": body["study_key"],
+                "batch_id": body["batch_id"],
+                "study_uid": study_uid,
+                "bucket": self.buckets.staging,
+                "manifest_key": manifest_key,
+                "instances_in": len(batch["instances"]),
+                "instances_staged": len(staged),
+                "instances_held_back": len(held),
+                "held_back_reasons": dict(reasons),
+                "bytes_staged": sum(s["size"] for s in staged),
+                "amendment": body["amendment"],
+            },
+        )
+        self.bus.publish(out)
+        metrics.INSTANCES_STAGED.labels(code).inc(len(staged))
+        for reason, n in reasons.items():
+            metrics.INSTANCES_HELD_BACK.labels(code, reason.split(":", 1)[0]).inc(n)
+        if fallbacks:
+            metrics.NHS_FALLBACK.labels(code).inc(fallbacks)
+        metrics.STUDIES_STAGED.labels(code).inc()
+        metrics.STAGE_SECONDS.labels(code, "anonymise").observe(time.monotonic() - started)
+        log.info(
+            "%s: study %s batch %s staged %d, held back %d",
+            code,
+            body["study_key"],
+            body["batch_id"],
+            len(staged),
+            len(held),
+        )

@@ -1,0 +1,173 @@
+"""The outbox relay: from the ledger to ``quarantine`` and ``study.arrived``, on its own thread.
+
+A study is complete when it has been quiet for ``quiet_seconds`` (or its oldest pending instance
+has waited ``max_wait_seconds``). Its pending instances become a batch: each file is uploaded,
+a batch manifest is written next to them, then ``study.arrived`` is published and confirmed;
+only then are the spool files deleted. Every step is repeatable, so a crash or an outage
+repeats work and never skips it. Instances that arrive after a study was announced form a new
+batch marked ``amendment``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+
+import schemas
+from smartbox import metrics
+from smartbox.bus import Bus
+from smartbox.config import TrustConfig
+from smartbox.errors import TransientError
+from smartbox.store import ObjectStore, put_json
+
+from .spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def quarantine_key(trust: str, study_key: str, instance_key: str, sha256: str) -> str:
+    return f"{trust}/{study_key}/{instance_key}-{sha256[:16]}.dcm"
+
+
+class Relay:
+    """Moves completed studies from the spool to object storage and the bus."""
+
+    def __init__(
+        self,
+        trust: TrustConfig,
+        spool: Spool,
+        store: ObjectStore,
+        bus: Bus,
+        bucket: str,
+        *,
+        poll_seconds: float = 0.5,
+    ) -> None:
+        self.trust = trust
+        self.spool = spool
+        self.store = store
+        self.bus = bus
+        self.bucket = bucket
+        self.poll_seconds = poll_seconds
+        self.producer = schemas.producer_name("receiver", trust.code)
+        self._thread: threading.Thread | None = None
+        self.healthy = True
+        self._bucket_ready = False
+
+    def start(self, stop: threading.Event) -> None:
+        self._thread = threading.Thread(
+            target=self.run, args=(stop,), name=f"relay-{self.trust.code}", daemon=True
+        )
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread:
+            self._thread.join(timeout)
+
+    def run(self, stop: threading.Event) -> None:
+        backoff = self.poll_seconds
+        while not stop.is_set():
+            try:
+                self.step()
+                self.healthy = True
+                backoff = self.poll_seconds
+            except TransientError as exc:
+                self.healthy = False
+                metrics.RELAY_RETRIES.labels(self.trust.code).inc()
+                log.warning("%s: relay waiting for dependencies: %s", self.trust.code, exc)
+                backoff = min(max(backoff * 2, 1.0), 30.0)
+            except Exception:  # noqa: BLE001 - keep relaying; the ledger keeps the work
+                self.healthy = False
+                log.exception("%s: relay step failed", self.trust.code)
+                backoff = min(max(backoff * 2, 1.0), 30.0)
+            self.update_gauges()
+            stop.wait(backoff)
+
+    def step(self) -> int:
+        """One pass: batch ready studies, announce open batches. Returns batches announced."""
+        if not self._bucket_ready:
+            self.store.ensure_bucket(self.bucket)
+            self._bucket_ready = True
+        for study_key in self.spool.studies_ready(
+            self.trust.quiet_seconds, self.trust.max_wait_seconds
+        ):
+            self.spool.open_batch(study_key)
+        announced = 0
+        for batch_id, study_key, amendment in self.spool.open_batches():
+            self.announce(batch_id, study_key, amendment)
+            announced += 1
+        return announced
+
+    def announce(self, batch_id: str, study_key: str, amendment: bool) -> None:
+        code = self.trust.code
+        rows = self.spool.batch_instances(batch_id)
+        entries = []
+        for inst, state in rows:
+            key = quarantine_key(code, study_key, inst.instance_key, inst.sha256)
+            if state == "batched":
+                self.store.put_file(self.bucket, key, inst.path)
+                self.spool.mark_uploaded(inst.id)
+            entries.append(
+                {"key": key, "sha256": inst.sha256, "size": inst.size, "modality": inst.modality}
+            )
+        batch_key = f"{code}/{study_key}/batches/{batch_id}.json"
+        put_json(
+            self.store,
+            self.bucket,
+            batch_key,
+            {
+                "batch_id": batch_id,
+                "trust": code,
+                "study_key": study_key,
+                "amendment": amendment,
+                "instances": entries,
+            },
+        )
+        first = min(i.received_at for i, _ in rows)
+        last = max(i.received_at for i, _ in rows)
+        message = schemas.make_message(
+            "study.arrived",
+            trust=code,
+            producer=self.producer,
+            body={
+                "study_key": study_key,
+                "bucket": self.bucket,
+                "batch_key": batch_key,
+                "batch_id": batch_id,
+                "instance_count": len(entries),
+                "bytes": sum(e["size"] for e in entries),
+                "modalities": sorted({e["modality"] for e in entries}),
+                "amendment": amendment,
+                "first_received_at": _iso(first),
+                "last_received_at": _iso(last),
+            },
+        )
+        self.bus.publish(message)
+        for path in self.spool.mark_published(batch_id, study_key):
+            path.unlink(missing_ok=True)
+        try:
+            rows[0][0].path.parent.rmdir()
+        except OSError:
+            pass  # more instances of the study are still in the spool
+        metrics.STUDIES_ARRIVED.labels(code).inc()
+        metrics.INSTANCES_PUBLISHED.labels(code).inc(len(entries))
+        metrics.STUDY_COMPLETION.labels(code).observe(time.time() - first)
+        log.info(
+            "%s: study %s announced: %d instances%s",
+            code,
+            study_key,
+            len(entries),
+            " (amendment)" if amendment else "",
+        )
+
+    def update_gauges(self) -> None:
+        files, size, oldest = self.spool.pending_stats()
+        code = self.trust.code
+        metrics.SPOOL_FILES.labels(code).set(files)
+        metrics.SPOOL_BYTES.labels(code).set(size)
+        metrics.OLDEST_UNPUBLISHED.labels(code).set(time.time() - oldest if oldest else 0)

@@ -1,0 +1,110 @@
+"""The message contracts: versioned JSON Schemas (2020-12) and the envelope every message wears.
+
+``make_message`` builds an envelope; ``validate`` checks a message against the schema named in
+it. Validation errors name the schema and the JSON path that failed, never the offending value
+(a value could be patient data that slipped in: the error must not carry it further).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from functools import cache, lru_cache
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft202012Validator, FormatChecker
+from referencing import Registry, Resource
+
+from smartbox.errors import SchemaError
+
+SCHEMAS: dict[str, int] = {
+    "study.arrived": 1,
+    "study.staged": 1,
+    "export.batch": 1,
+    "export.receipt": 1,
+}
+ENVELOPE_ID = "envelope.v1.schema.json"
+
+
+def schema_file(name: str, version: int) -> str:
+    """File name of a schema inside this package."""
+    return f"{name}.v{version}.schema.json"
+
+
+@lru_cache(maxsize=1)
+def _registry() -> Registry:
+    resources_: list[tuple[str, Resource[Any]]] = []
+    for entry in resources.files(__name__).iterdir():
+        if entry.name.endswith(".schema.json"):
+            contents = json.loads(entry.read_text(encoding="utf-8"))
+            resource = Resource.from_contents(contents)
+            resources_.append((entry.name, resource))
+            resources_.append((contents["$id"], resource))
+    return Registry().with_resources(resources_)
+
+
+@cache
+def validator(name: str, version: int) -> Draft202012Validator:
+    """A compiled validator for one schema version."""
+    contents = _registry().contents(schema_file(name, version))
+    return Draft202012Validator(contents, registry=_registry(), format_checker=FormatChecker())
+
+
+def load(name: str, version: int) -> dict[str, Any]:
+    """The parsed schema document."""
+    return dict(_registry().contents(schema_file(name, version)))
+
+
+def validate(message: Mapping[str, Any]) -> None:
+    """Raise SchemaError unless ``message`` matches the schema it names."""
+    name, version = message.get("schema"), message.get("version")
+    if name not in SCHEMAS or not isinstance(version, int):
+        raise SchemaError("message names no known schema/version")
+    try:
+        v = validator(str(name), version)
+    except Exception as exc:  # noqa: BLE001 - unknown version is a schema error
+        raise SchemaError(f"{name}: no schema for version {version}") from exc
+    errors = sorted(v.iter_errors(message), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        where = "/" + "/".join(str(p) for p in first.absolute_path)
+        raise SchemaError(
+            f"{name} v{version}: {len(errors)} error(s); first at {where}: {first.validator} failed"
+        )
+
+
+def make_message(
+    schema: str,
+    *,
+    trust: str,
+    body: Mapping[str, Any],
+    producer: str,
+    parents: Iterable[Mapping[str, Any]] = (),
+    correlation_id: str | None = None,
+    message_id: str | None = None,
+) -> dict[str, Any]:
+    """Build an envelope. Lineage comes from ``parents``: their ids and correlation id."""
+    parent_list = list(parents)
+    if correlation_id is None:
+        correlation_id = str(parent_list[0]["correlation_id"]) if parent_list else str(uuid.uuid4())
+    return {
+        "message_id": message_id or str(uuid.uuid4()),
+        "schema": schema,
+        "version": SCHEMAS[schema],
+        "producer": producer,
+        "produced_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "correlation_id": correlation_id,
+        "parent_ids": [str(p["message_id"]) for p in parent_list],
+        "trust": trust,
+        "body": dict(body),
+    }
+
+
+def producer_name(role: str, trust: str | None = None) -> str:
+    """``role[/TRUST]@host`` as the envelope's producer field."""
+    host = "".join(c for c in socket.gethostname() if c.isalnum() or c in "_.:-")[:128] or "host"
+    return f"{role}/{trust}@{host}" if trust else f"{role}@{host}"

@@ -1,0 +1,226 @@
+"""The ``smartbox`` command: one subcommand per process, plus tools for operators.
+
+Exit codes: 0 success; 1 the work failed (see the message); 2 bad usage or configuration;
+3 ``deidentify --strict`` held something back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import ConfigError, TransientError
+
+log = logging.getLogger("smartbox")
+
+
+def _metrics_port(parser: argparse.ArgumentParser, default: int | None) -> None:
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=default,
+        help="port for /metrics, /healthz, /readyz (0: any free port; default %(default)s)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="smartbox",
+        description="Regional DICOM hub: receive studies from trusts, de-identify them (DICOM "
+        "PS3.15 Annex E), stage them and export them to the national database. "
+        "Configuration: trust files in $SMARTBOX_TRUSTS_DIR, everything else from "
+        "SMARTBOX_* environment variables (see docs/operations.md).",
+    )
+    parser.add_argument("--version", action="version", version=f"smartbox {__version__}")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("receive", help="run one trust's DICOM receiver (C-STORE SCP + relay)")
+    p.add_argument(
+        "--trust", required=True, help="trust code: reads $SMARTBOX_TRUSTS_DIR/CODE.toml"
+    )
+    _metrics_port(p, 9110)
+
+    p = sub.add_parser("anonymise", help="de-identify arrived studies into staging")
+    p.add_argument("--prefetch", type=int, default=None, help="messages in flight (default env)")
+    _metrics_port(p, 9101)
+
+    p = sub.add_parser("export", help="record staged studies; export them on the schedule")
+    p.add_argument("--now", action="store_true", help="run one export pass now and exit")
+    p.add_argument(
+        "--no-consume",
+        action="store_true",
+        help="do not consume study.staged (only run the schedule)",
+    )
+    _metrics_port(p, 9102)
+
+    p = sub.add_parser("ingest", help="national reference consumer of the export queue")
+    p.add_argument("--archive-bucket", default="national-archive")
+    _metrics_port(p, 9103)
+
+    p = sub.add_parser("demo", help="the whole pipeline on this machine, nothing to install")
+    p.add_argument("--studies", type=int, default=2, help="studies per trust (default 2)")
+    p.add_argument("--series", type=int, default=2, help="series per study (default 2)")
+    p.add_argument("--instances", type=int, default=3, help="instances per series (default 3)")
+    p.add_argument("--workdir", default=None, help="keep spool and stores here (default: temp)")
+    _metrics_port(p, 0)
+
+    p = sub.add_parser(
+        "deidentify",
+        help="de-identify files exactly as the pipeline would (for governance leads)",
+        add_help=False,
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER)
+
+    p = sub.add_parser("check-config", help="validate every trust file and the environment")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["deidentify"]:
+        from consumers.deid.cli import main as deid_main
+
+        return deid_main(args_list[1:])
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    from . import logs
+
+    logs.setup(args.command, args.log_level)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"smartbox: error: {exc}", file=sys.stderr)
+        return 2
+    except TransientError as exc:
+        print(f"smartbox: unavailable: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from .config import Settings, load_all_trusts, load_trust
+    from .keys import RegionalKey
+
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(
+            studies=args.studies,
+            series=args.series,
+            per_series=args.instances,
+            workdir=args.workdir,
+            metrics_port=args.metrics_port,
+        )
+
+    settings = Settings.from_env()
+    if args.command == "check-config":
+        trusts = load_all_trusts(settings.trusts_dir)
+        RegionalKey.from_env()
+        for t in trusts.values():
+            print(f"{t.code}: {t.name}: AE {t.ae_title} port {t.port} ({t.source_file})")
+        print(f"{len(trusts)} trust(s) valid; key present")
+        return 0
+
+    from . import runtime
+
+    if args.command == "receive":
+        trust = load_trust(settings.trusts_dir, args.trust)
+        key = RegionalKey.from_env()
+        rt = runtime.start(f"receiver-{trust.code}", settings, metrics_port=args.metrics_port)
+        from producers.receiver import ReceiverService
+
+        service = ReceiverService(
+            trust,
+            spool_dir=settings.spool_dir,
+            store=rt.store,
+            bus=rt.bus,
+            key=key,
+            quarantine_bucket=settings.quarantine_bucket,
+        )
+        service.start(rt.stop)
+        if rt.metrics_server:
+            rt.metrics_server.health.add_check("relay", lambda: service.relay.healthy)
+        rt.stop.wait()
+        service.stop()
+        return 0
+
+    if args.command == "anonymise":
+        from consumers.anonymiser import Anonymiser, Buckets
+
+        trusts = load_all_trusts(settings.trusts_dir)
+        key = RegionalKey.from_env()
+        rt = runtime.start("anonymiser", settings, metrics_port=args.metrics_port)
+        rt.bus.declare()
+        anonymiser = Anonymiser(
+            rt.store,
+            rt.bus,
+            key,
+            trusts,
+            Buckets(settings.quarantine_bucket, settings.staging_bucket),
+        )
+        rt.bus.consume(
+            "anonymiser",
+            anonymiser.handle,
+            stop=rt.stop,
+            prefetch=args.prefetch or settings.prefetch,
+        )
+        return 0
+
+    if args.command == "export":
+        from consumers.exporter import Exporter, Schedule, run_scheduler
+
+        schedule = Schedule(settings.export_schedule, settings.export_timezone)
+        rt = runtime.start(
+            "exporter", settings, metrics_port=None if args.now else args.metrics_port
+        )
+        exporter = Exporter(
+            rt.store,
+            rt.national_store(),
+            rt.bus,
+            staging_bucket=settings.staging_bucket,
+            national_bucket=settings.national_bucket,
+        )
+        if args.now:
+            summary = exporter.export_pass()
+            for code in sorted(summary.instances):
+                print(
+                    f"{code}: batch {summary.batches.get(code, '-')}: "
+                    f"{summary.studies[code]} studies, {summary.instances[code]} instances"
+                )
+            print(f"exported {summary.total_instances} instances")
+            if summary.failed_trusts:
+                print(
+                    f"failed (still pending): {', '.join(summary.failed_trusts)}", file=sys.stderr
+                )
+                return 1
+            return 0
+        rt.bus.declare()
+        threading.Thread(
+            target=run_scheduler, args=(exporter, schedule, rt.stop), daemon=True
+        ).start()
+        if args.no_consume:
+            rt.stop.wait()
+        else:
+            rt.bus.consume("exporter", exporter.handle, stop=rt.stop, prefetch=settings.prefetch)
+        return 0
+
+    if args.command == "ingest":
+        from consumers.ingest import NationalIngest
+
+        rt = runtime.start("ingest", settings, metrics_port=args.metrics_port)
+        rt.bus.declare()
+        ingest = NationalIngest(rt.national_store(), rt.bus, archive_bucket=args.archive_bucket)
+        rt.bus.consume("national.ingest", ingest.handle, stop=rt.stop, prefetch=settings.prefetch)
+        return 0
+
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""What every smartbox process does at start: settings, adapters, metrics, signals."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import __version__, metrics
+from .bus import Bus
+from .config import S3Settings, Settings
+from .rabbit import RabbitBus
+from .s3 import S3Store
+from .store import ObjectStore
+from .topology import Topology
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """The adapters a process works with, and its stop flag."""
+
+    settings: Settings
+    bus: Bus
+    store: ObjectStore
+    stop: threading.Event
+    metrics_server: metrics.MetricsServer | None = None
+
+    def national_store(self) -> ObjectStore:
+        return s3_store(self.settings.national_s3)
+
+
+def s3_store(settings: S3Settings) -> ObjectStore:
+    return S3Store(settings)
+
+
+def start(
+    role: str,
+    settings: Settings,
+    *,
+    metrics_host: str = "0.0.0.0",  # noqa: S104 - Prometheus scrapes from outside the host
+    metrics_port: int | None = None,
+    install_signals: bool = True,
+) -> Runtime:
+    """Build the production adapters and serve /metrics (port None: no metrics server)."""
+    metrics.BUILD.info({"version": __version__, "role": role})
+    bus = RabbitBus(settings.amqp_url, Topology(settings.namespace))
+    store = S3Store(settings.s3)
+    stop = threading.Event()
+    server = None
+    if metrics_port is not None:
+        server = metrics.MetricsServer(metrics_host, metrics_port).start()
+        server.health.add_check("bus", bus.ping)
+        server.health.add_check("object_store", store.ping)
+        log.info("%s: metrics on http://%s:%d/metrics", role, metrics_host, server.port)
+    if install_signals:
+        install_stop_signals(stop)
+    return Runtime(settings, bus, store, stop, server)
+
+
+def install_stop_signals(stop: threading.Event, on_stop: Callable[[], None] | None = None) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+        if on_stop:
+            on_stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,130 @@
+"""``ObjectStore`` on S3 (MinIO in production; any S3 server) through the minio client.
+
+Strictly the S3 API: no MinIO admin calls. Errors are translated here: connection failures,
+timeouts, throttling and 5xx become TransientError; a missing key NotFound; credentials or
+permission problems TransientError too (an operator fixes them; the work must wait, not be
+dead-lettered), with the S3 error code in the message and nothing else from the request.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import urllib3
+from minio import Minio
+from minio.error import MinioException, S3Error
+
+from .config import S3Settings
+from .errors import NotFound, PermanentError, TransientError
+from .store import check_key
+
+T = TypeVar("T")
+_MISSING = {"NoSuchKey", "NoSuchObject"}
+_PART = 16 * 1024 * 1024
+
+
+class S3Store:
+    """The production object store."""
+
+    def __init__(self, settings: S3Settings, *, timeout: float = 30.0) -> None:
+        self.endpoint = settings.endpoint
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5.0, read=timeout),
+            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(502, 503, 504)),
+            maxsize=16,
+        )
+        self._client = Minio(
+            settings.endpoint,
+            access_key=settings.access_key,
+            secret_key=settings.secret_key,
+            secure=settings.secure,
+            region=settings.region,
+            http_client=http,
+        )
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                raise NotFound(f"{what}: not found") from exc
+            if exc.code in {"NoSuchBucket"}:
+                raise TransientError(f"{what}: bucket missing ({exc.code})") from exc
+            if exc.code in {"InvalidBucketName", "KeyTooLongError"}:
+                raise PermanentError(f"{what}: {exc.code}") from exc
+            raise TransientError(f"{what}: S3 error {exc.code}") from exc
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise TransientError(
+                f"{what}: {self.endpoint} unavailable ({type(exc).__name__})"
+            ) from exc
+
+    def ensure_bucket(self, bucket: str) -> None:
+        def run() -> None:
+            if not self._client.bucket_exists(bucket):
+                try:
+                    self._client.make_bucket(bucket)
+                except S3Error as exc:
+                    if exc.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+                        raise
+
+        self._call(f"ensure bucket {bucket}", run)
+
+    def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
+        check_key(key)
+        self._call(
+            f"put {bucket}/{key}",
+            lambda: self._client.put_object(bucket, key, io.BytesIO(data), len(data)),
+        )
+
+    def put_file(self, bucket: str, key: str, path: Path) -> None:
+        check_key(key)
+        self._call(
+            f"put {bucket}/{key}",
+            lambda: self._client.fput_object(bucket, key, str(path), part_size=_PART),
+        )
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        check_key(key)
+
+        def run() -> bytes:
+            response = self._client.get_object(bucket, key)
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+        return self._call(f"get {bucket}/{key}", run)
+
+    def exists(self, bucket: str, key: str) -> bool:
+        try:
+            self.size(bucket, key)
+        except NotFound:
+            return False
+        return True
+
+    def size(self, bucket: str, key: str) -> int:
+        check_key(key)
+        stat = self._call(f"stat {bucket}/{key}", lambda: self._client.stat_object(bucket, key))
+        return int(stat.size or 0)
+
+    def list_keys(self, bucket: str, prefix: str = "") -> Iterator[str]:
+        objects = self._call(
+            f"list {bucket}/{prefix}",
+            lambda: list(self._client.list_objects(bucket, prefix=prefix, recursive=True)),
+        )
+        yield from sorted(str(o.object_name) for o in objects if not o.is_dir)
+
+    def delete(self, bucket: str, key: str) -> None:
+        check_key(key)
+        self._call(f"delete {bucket}/{key}", lambda: self._client.remove_object(bucket, key))
+
+    def ping(self) -> bool:
+        try:
+            self._client.list_buckets()
+        except (MinioException, urllib3.exceptions.HTTPError, OSError):
+            return False
+        return True
