@@ -47,7 +47,7 @@ def call_with_retry(
 
     retrying = Retrying(
         retry=retry_if_exception_type(TransientError),
-        wait=wait_exponential_jitter(initial=initial, max=max_wait),
+        wait=wait_exponential_jitter(initial, max_wait),
         stop=stop_after_delay(max_seconds),
         before_sleep=before_sleep,
         reraise=True,

@@ -1,0 +1,89 @@
+import copy
+from pathlib import Path
+
+import pytest
+
+import schemas
+from smartbox.errors import SchemaError
+
+ARRIVED = {
+    "study_key": "a" * 32,
+    "bucket": "quarantine",
+    "batch_key": "RTK/" + "a" * 32 + "/batches/" + "b" * 32 + ".json",
+    "batch_id": "b" * 32,
+    "instance_count": 3,
+    "bytes": 1024,
+    "modalities": ["CT"],
+    "amendment": False,
+    "first_received_at": "2026-11-28T10:00:00.000Z",
+    "last_received_at": "2026-11-28T10:00:05.000Z",
+}
+
+
+def arrived() -> dict:
+    return schemas.make_message(
+        "study.arrived", trust="RTK", producer="receiver/RTK@box1", body=ARRIVED
+    )
+
+
+def test_every_schema_file_is_loaded_and_listed() -> None:
+    files = {p.name for p in Path(schemas.__file__).parent.glob("*.schema.json")}
+    expected = {schemas.schema_file(n, v) for n, v in schemas.SCHEMAS.items()}
+    assert expected | {"envelope.v1.schema.json"} == files
+    for name, version in schemas.SCHEMAS.items():
+        assert schemas.load(name, version)["$schema"].endswith("2020-12/schema")
+
+
+def test_valid_message_passes_and_lineage_flows() -> None:
+    parent = arrived()
+    schemas.validate(parent)
+    child = schemas.make_message(
+        "study.staged",
+        trust="RTK",
+        producer="anonymiser@box1",
+        parents=[parent],
+        body={
+            "study_key": "a" * 32,
+            "batch_id": "b" * 32,
+            "study_uid": "2.25.12345678901234567890",
+            "bucket": "staging",
+            "manifest_key": "RTK/2.25.1/manifest-" + "b" * 32 + ".json",
+            "instances_in": 3,
+            "instances_staged": 2,
+            "instances_held_back": 1,
+            "held_back_reasons": {"burned_in_annotation": 1},
+            "bytes_staged": 10,
+            "amendment": False,
+        },
+    )
+    schemas.validate(child)
+    assert child["parent_ids"] == [parent["message_id"]]
+    assert child["correlation_id"] == parent["correlation_id"]
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("body", "instance_count"), "JOHN^SMITH"),
+        (("body", "study_key"), "1.2.826.0.1.3680043.2.1125.1"),  # an original UID is refused
+        (("trust",), "rtk"),
+        (("body", "modalities"), ["C T"]),
+        (("schema",), "study.deleted"),
+    ],
+)
+def test_invalid_messages_rejected_without_echoing_values(path: tuple, value: object) -> None:
+    msg = copy.deepcopy(arrived())
+    target = msg
+    for p in path[:-1]:
+        target = target[p]
+    target[path[-1]] = value
+    with pytest.raises(SchemaError) as err:
+        schemas.validate(msg)
+    assert str(value) not in str(err.value)
+
+
+def test_extra_body_field_rejected() -> None:
+    msg = arrived()
+    msg["body"]["patient_name"] = "SMITH^JOHN"
+    with pytest.raises(SchemaError):
+        schemas.validate(msg)
