@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -19,6 +20,9 @@ log = logging.getLogger("smartbox")
 
 
 def _metrics_port(parser: argparse.ArgumentParser, default: int | None) -> None:
+    env = os.environ.get("SMARTBOX_METRICS_PORT")
+    if env is not None and env.isdigit():
+        default = int(env)
     parser.add_argument(
         "--metrics-port",
         type=int,
@@ -90,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     from . import logs
 
-    logs.setup(args.command, args.log_level)
+    default_level = "WARNING" if args.command == "demo" else None
+    logs.setup(args.command, args.log_level or default_level)
     try:
         return _dispatch(args)
     except ConfigError as exc:

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers.services import S3Server, start_s3_server  # noqa: E402
+from helpers.util import wait_for  # noqa: E402,F401
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 RABBITMQ_URL = os.environ.get("SMARTBOX_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
@@ -82,23 +80,3 @@ def dcmtk() -> dict[str, str]:
             missing(f"dcmtk's {name} not installed (apt-get install dcmtk)")
         tools[name] = path
     return tools
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
-def run(cmd: list[str], **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kw)

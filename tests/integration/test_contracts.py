@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pika
 import pytest
-from conftest import wait_for
+from helpers.util import wait_for
 
 import schemas
 from smartbox.bus import MemoryBus

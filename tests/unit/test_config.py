@@ -44,7 +44,7 @@ def test_valid_trust_loads(tmp_path: Path) -> None:
         ("allowed_callers = []", "allowed_callers"),
         ('nhs_number_attribute = "NotAKeyword"', "nhs_number_attribute"),
         ("quiet_seconds = -1", "quiet_seconds"),
-        ('prot = 1', "prot"),
+        ("prot = 1", "prot"),
         ('allowed_networks = ["10.0.0.300/8"]', "allowed_networks"),
         ('deidentification = { options = ["retain_everything"] }', "deidentification.options"),
     ],

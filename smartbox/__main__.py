@@ -1,0 +1,5 @@
+import sys
+
+from smartbox.cli import main
+
+sys.exit(main())

@@ -1,0 +1,102 @@
+"""The headline test: two trusts, real dcmtk sender, real RabbitMQ and S3, separate processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pydicom
+from helpers.pipeline import Pipeline
+from helpers.util import wait_for
+
+from smartbox.synthetic import make_ct_study
+
+
+def pending_instances(p: Pipeline, code: str) -> int:
+    total = 0
+    for key in p.objects("staging", f"_export/pending/{code}/"):
+        total += json.loads(p.read("staging", key))["instances_staged"]
+    return total
+
+
+def test_two_trusts_end_to_end(pipeline: Pipeline, tmp_path: Path) -> None:
+    p = pipeline
+    p.add_trust("RTK")
+    p.add_trust("RGT")
+    p.start_all()
+    sent: dict[str, int] = {}
+    planted: list[str] = []
+    for n, code in enumerate(("RTK", "RGT")):
+        study = make_ct_study(100 + n, series=3, per_series=4)
+        files = study.write(tmp_path / "send" / code)
+        result = p.storescu(code, files)
+        assert result.returncode == 0, result.stderr
+        sent[code] = len(files)
+        planted += study.identifiers
+
+    for code in sent:
+        wait_for(lambda c=code: pending_instances(p, c) == sent[c], 120, f"{code} staged")
+
+    export = p.run_cli("export", "--now")
+    assert export.returncode == 0, export.stderr
+    assert f"exported {sum(sent.values())} instances" in export.stdout
+
+    for code in sent:
+        wait_for(
+            lambda c=code: (
+                p.metric("ingest", "smartbox_instances_ingested_total", trust=c) == sent[c]
+            ),
+            120,
+            f"{code} ingested",
+        )
+
+    # the national side: exactly the instances sent, each verified against its manifest
+    receipts = p.queue_messages("export.receipts")
+    assert sorted(r["trust"] for r in receipts) == ["RGT", "RTK"]
+    for r in receipts:
+        assert r["body"]["status"] == "complete"
+        assert r["body"]["instances_verified"] == sent[r["trust"]]
+        assert r["body"]["checksum_failures"] == 0
+    manifests = [k for k in p.objects("national", "_batches/")]
+    assert len(manifests) == 2
+    expected: dict[str, str] = {}
+    for key in manifests:
+        for obj in json.loads(p.read("national", key))["objects"]:
+            expected[obj["key"]] = obj["sha256"]
+    archived = p.objects("archive")
+    assert sorted(archived) == sorted(expected)
+    for code, count in sent.items():
+        assert len([k for k in archived if k.startswith(f"{code}/")]) == count
+    exported_bytes = []
+    for key in archived:
+        data = p.read("archive", key)
+        assert hashlib.sha256(data).hexdigest() == expected[key]
+        exported_bytes.append(data)
+        ds = pydicom.dcmread(__import__("io").BytesIO(data))
+        assert ds.PatientIdentityRemoved == "YES"
+        assert ds.StudyInstanceUID.startswith("2.25.")
+    for key in manifests:
+        exported_bytes.append(p.read("national", key))
+
+    # no planted identifier anywhere in what left the box, nor in any log or message
+    everything = b"".join(exported_bytes)
+    logs = p.logs()
+    for value in planted:
+        assert value.encode() not in everything, "a planted identifier was exported"
+        assert value not in logs, "a planted identifier reached a log"
+        assert value not in json.dumps(receipts)
+
+    # metrics count them per trust, at every stage
+    for code, count in sent.items():
+        assert (
+            p.metric(f"receiver-{code}", "smartbox_instances_received_total", trust=code) == count
+        )
+        assert (
+            p.metric(f"receiver-{code}", "smartbox_instances_published_total", trust=code) == count
+        )
+        assert p.metric("anonymiser", "smartbox_instances_staged_total", trust=code) == count
+        assert p.metric("ingest", "smartbox_instances_ingested_total", trust=code) == count
+    assert p.metric("receiver-RTK", "smartbox_instances_received_total", trust="RGT") == 0
+    for role in ("anonymiser", "exporter", "national.ingest"):
+        assert p.queue_messages(role, dlq=True) == []
