@@ -12,9 +12,13 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import ConfigError, TransientError
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 log = logging.getLogger("smartbox")
 
@@ -81,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs=argparse.REMAINDER)
 
     p = sub.add_parser("check-config", help="validate every trust file and the environment")
+
+    p = sub.add_parser("dlq", help="list or replay dead-lettered messages of a stage")
+    p.add_argument("action", choices=["list", "show", "replay"])
+    p.add_argument("role", choices=["anonymiser", "exporter", "national.ingest", "export.receipts"])
+    p.add_argument("--id", dest="message_id", help="only this message id (show, replay)")
+    p.add_argument("--limit", type=int, default=100)
+
+    p = sub.add_parser("held", help="list instances held back from export, with reasons")
+    p.add_argument("--trust", help="only this trust")
     return parser
 
 
@@ -131,6 +144,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"{t.code}: {t.name}: AE {t.ae_title} port {t.port} ({t.source_file})")
         print(f"{len(trusts)} trust(s) valid; key present")
         return 0
+
+    if args.command == "dlq":
+        return _dlq(args, settings)
+    if args.command == "held":
+        return _held(args, settings)
 
     from . import runtime
 
@@ -225,6 +243,58 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
 
     raise AssertionError(args.command)
+
+
+def _dlq(args: argparse.Namespace, settings: Settings) -> int:  # noqa: F821
+    import json
+
+    from .dlq import DeadLetters
+    from .topology import Topology
+
+    dlq = DeadLetters(settings.amqp_url, Topology(settings.namespace), args.role)
+    if args.action == "replay":
+        n = dlq.replay(args.message_id, args.limit)
+        print(f"replayed {n} message(s) from {dlq.queue}")
+        return 0 if n or args.message_id is None else 1
+    letters = dlq.list(args.limit)
+    if args.message_id:
+        letters = [x for x in letters if x.message_id == args.message_id]
+        if not letters:
+            print(f"no message {args.message_id} in {dlq.queue}", file=sys.stderr)
+            return 1
+    if args.action == "show":
+        for x in letters:
+            print(json.dumps({**x.summary(), "message": json.loads(x.body)}, indent=2))
+        return 0
+    print(f"{len(letters)} message(s) in {dlq.queue}")
+    for x in letters:
+        print(f"{x.message_id}  {x.schema or '?'}  {x.trust or '?'}  {x.reason}")
+    return 0
+
+
+def _held(args: argparse.Namespace, settings: Settings) -> int:  # noqa: F821
+    from collections import Counter
+
+    from .s3 import S3Store
+    from .store import get_json
+
+    store = S3Store(settings.s3)
+    reasons: Counter[tuple[str, str]] = Counter()
+    prefix = f"{args.trust}/" if args.trust else ""
+    for key in store.list_keys(settings.staging_bucket, prefix):
+        if "/manifest-" not in key:
+            continue
+        manifest = get_json(store, settings.staging_bucket, key)
+        for item in manifest.get("held_back", []):
+            reasons[(manifest["trust"], item["reason"])] += 1
+            print(
+                f"{manifest['trust']}  {manifest['study_uid']}  {item['source']}  {item['reason']}"
+            )
+    for (trust, reason), n in sorted(reasons.items()):
+        print(f"total {trust} {reason}: {n}")
+    if not reasons:
+        print("nothing held back")
+    return 0
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from .errors import TransientError
@@ -47,7 +48,7 @@ def call_with_retry(
 
     retrying = Retrying(
         retry=retry_if_exception_type(TransientError),
-        wait=wait_exponential_jitter(initial, max_wait),
+        wait=wait_exponential(multiplier=initial, max=max_wait) + wait_random(0, initial),
         stop=stop_after_delay(max_seconds),
         before_sleep=before_sleep,
         reraise=True,
