@@ -28,12 +28,13 @@ from croniter import croniter
 import schemas
 from smartbox import metrics
 from smartbox.bus import Bus
-from smartbox.errors import PermanentError, TransientError
+from smartbox.errors import NotFound, PermanentError, TransientError
 from smartbox.store import ObjectStore, get_json, put_json
 
 log = logging.getLogger(__name__)
 PENDING = "_export/pending/"
 DONE = "_export/done/"
+LAST_SUCCESS = "_export/last_success.json"
 
 
 @dataclass
@@ -69,6 +70,15 @@ class Exporter:
         self.national_bucket = national_bucket
         self.producer = schemas.producer_name("exporter")
         self._pass_lock = threading.Lock()
+
+    def restore_state(self) -> None:
+        """Set the gauges from the state in object storage (after a restart)."""
+        try:
+            last = get_json(self.store, self.staging, LAST_SUCCESS)
+            metrics.LAST_EXPORT_SUCCESS.set(float(last["at"]))
+        except (NotFound, KeyError, TypeError, ValueError):
+            pass
+        self.refresh_pending_gauge()
 
     # --- consuming study.staged ---------------------------------------------------------
     def handle(self, message: dict[str, Any]) -> None:
@@ -120,12 +130,13 @@ class Exporter:
                     log.error("%s: export failed, stays pending: %s", code, exc)
             if summary.failed_trusts:
                 metrics.EXPORT_BATCHES.labels("failed").inc()
-            elif summary.batches:
-                metrics.EXPORT_BATCHES.labels("published").inc()
-                metrics.LAST_EXPORT_SUCCESS.set(time.time())
             else:
-                metrics.EXPORT_BATCHES.labels("empty").inc()
-                metrics.LAST_EXPORT_SUCCESS.set(time.time())
+                metrics.EXPORT_BATCHES.labels("published" if summary.batches else "empty").inc()
+                now = time.time()
+                put_json(
+                    self.store, self.staging, LAST_SUCCESS, {"at": now, "batches": summary.batches}
+                )
+                metrics.LAST_EXPORT_SUCCESS.set(now)
             for code in pending:
                 if code not in summary.failed_trusts:
                     metrics.STUDIES_PENDING_EXPORT.labels(code).set(0)

@@ -224,6 +224,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                 return 1
             return 0
         rt.bus.declare()
+        rt.store.ensure_bucket(settings.staging_bucket)
+        exporter.restore_state()
         threading.Thread(
             target=run_scheduler, args=(exporter, schedule, rt.stop), daemon=True
         ).start()

@@ -10,7 +10,7 @@ Rules for attributes absent from the table, applied at every depth:
   kept - they cannot carry a name (a stray ID in them is what the verification gate is for);
   DA/DT are shifted and UI replaced like everything else;
 * free text (PN LO SH ST LT UT UC UR), AE and binary (OB OW OF OD OL OV UN): removed unless
-  named in ``TEXT_ALLOW`` / ``BINARY_ALLOW``;
+  named in ``TEXT_ALLOW`` / ``BINARY_ALLOW``, or cleaned (``C``) if in ``REQUIRED_TEXT``;
 * sequences: kept and walked (their leaves are filtered by these same rules) unless in
   ``SEQUENCE_DENY``.
 """
@@ -47,7 +47,30 @@ REQUIRED_TYPE: dict[str, str] = {
     "RTPlanTime": "2",
     "TreatmentMachineName": "2",  # RT beams
     "ReviewerName": "2",
+    "OperatorsName": "2",  # Type 2 in the RT Series module
+    # Type 2 in the Derivation Image macro / 1C in enhanced images; after the walk they hold
+    # only pseudonymous UIDs and codes.
+    "SourceImageSequence": "2",
+    "ReferencedImageSequence": "2",
+    "ReferencedPerformedProcedureStepSequence": "2",  # Type 2 in SR Document Series
 }
+
+#: Rows we add to Table E.1-1, in its format: free text the table does not list but that
+#: must stay present for validity, with the option that may clean it.
+SUPPLEMENTARY_ROWS: tuple[dict[str, str], ...] = (
+    # Type 1C in SR TEXT content items; the table's Content Sequence row is D / C.
+    {"tag": "(0040,A160)", "keyword": "TextValue", "basic": "D", "clean_structured_content": "C"},
+)
+
+#: Type 1/2 free-text attributes outside the table: kept through ``C`` (emptied if they
+#: contain an identifier of the instance or an NHS-number/postcode/phone pattern) so the
+#: output stays valid. Descriptive labels of the acquisition, not of the patient.
+REQUIRED_TEXT: frozenset[int] = _tags(
+    """
+    PositionReferenceIndicator ContentDescription SegmentLabel SegmentAlgorithmName
+    RTPlanName ROIObservationLabel
+    """
+)
 
 #: Free-text attributes outside the table that are technical, not about the patient.
 TEXT_ALLOW: frozenset[int] = _tags(
@@ -63,7 +86,7 @@ TEXT_ALLOW: frozenset[int] = _tags(
     WedgeID CompensatorID BolusID MaterialID FixationDeviceLabel ShieldingDeviceLabel
     DoseReferenceDescription FractionGroupDescription ToleranceTableLabel
     BeamLimitingDeviceAngle RadiationMachineName PrimaryDosimeterUnit
-    ROIGenerationAlgorithm ROIObservationLabel DoseComment
+    ROIGenerationAlgorithm DoseComment
     Units RadiopharmaceuticalRoute Radiopharmaceutical
     """
 )

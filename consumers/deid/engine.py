@@ -21,6 +21,7 @@ from .allowlist import (
     BINARY_VRS,
     DICOM_UID_ROOT,
     KEEP_UID,
+    REQUIRED_TEXT,
     SEQUENCE_DENY,
     TEXT_ALLOW,
     TEXT_VRS,
@@ -91,7 +92,6 @@ class TableWalker:
 
     def __init__(self, table: CompiledTable) -> None:
         self._actions = table.actions
-        self._table = table
         self._safe_private = safe_private_keys() if table.private == "C" else frozenset()
         self._default_cache: dict[int, str] = {}
 
@@ -106,7 +106,7 @@ class TableWalker:
             elif vr == "SQ":
                 action = "X" if tag in SEQUENCE_DENY else "K"
             elif vr in TEXT_VRS:
-                action = "K" if tag in TEXT_ALLOW else "X"
+                action = "K" if tag in TEXT_ALLOW else "C" if tag in REQUIRED_TEXT else "X"
             elif vr in BINARY_VRS and vr not in _NUMERIC_AMBIGUOUS:
                 action = "K" if tag in BINARY_ALLOW else "X"
             else:
@@ -116,11 +116,10 @@ class TableWalker:
 
     def _action(self, tag: int) -> str:
         group = tag >> 16
-        if 0x5000 <= group <= 0x50FF:
-            return "X" if self._table.curve != "K" else "K"
-        if 0x6000 <= group <= 0x60FF:
-            # Overlay bitmaps cannot be "cleaned" without looking at them: removed even under
-            # Clean Graphics (strictest reading). Other overlay elements are default-denied.
+        if 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF:
+            # Curves and overlays (table pattern rows: X, or C under Clean Graphics) cannot be
+            # "cleaned" without looking at the graphics: removed either way (strictest
+            # reading). The other overlay elements are default-denied with them.
             return "X"
         action = self._actions.get(tag)
         return action if action is not None else self._default_action(tag)
@@ -139,8 +138,9 @@ class TableWalker:
                 del ds[tag]
                 continue
             if t == PATIENT_NAME or t == PATIENT_ID:
-                ds[tag] = DataElement(tag, "PN" if t == PATIENT_NAME else "LO",
-                                      ctx.patient_pseudonym)
+                ds[tag] = DataElement(
+                    tag, "PN" if t == PATIENT_NAME else "LO", ctx.patient_pseudonym
+                )
                 continue
             raw = ds.get_item(tag)
             vr = raw.VR
@@ -157,7 +157,7 @@ class TableWalker:
                 self._uid(ds, tag, ctx)
             else:  # pragma: no cover - compile_table only produces KXZDUC
                 raise ValueError(f"unimplemented action {action!r}")
-        if creators_used or self._safe_private:
+        if self._safe_private:
             self._drop_unused_creators(ds, creators_used)
 
     def _keep(self, ds: Dataset, tag: BaseTag, vr: str, action: str, ctx: InstanceContext) -> None:
@@ -212,7 +212,9 @@ class TableWalker:
             self._empty(ds, tag, vr)
 
     @staticmethod
-    def _uid(ds: Dataset, tag: BaseTag, ctx: InstanceContext, keep_dicom_root: bool = False) -> None:
+    def _uid(
+        ds: Dataset, tag: BaseTag, ctx: InstanceContext, keep_dicom_root: bool = False
+    ) -> None:
         if ctx.retain_uids:
             return
         elem = ds[tag]
@@ -233,10 +235,11 @@ class TableWalker:
     ) -> None:
         t = int(tag)
         elem_no = t & 0xFFFF
-        if not self._safe_private or 0x0010 <= elem_no <= 0x00FF:
-            if not self._safe_private:
-                del ds[tag]
-            return  # creators decided once their elements are
+        if not self._safe_private or elem_no < 0x0010:
+            del ds[tag]
+            return
+        if elem_no <= 0x00FF:
+            return  # a private creator: kept only if one of its elements is (see walk)
         creator_tag = (t & 0xFFFF0000) | (elem_no >> 8)
         keep = False
         if elem_no > 0x00FF and creator_tag in ds:

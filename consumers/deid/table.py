@@ -21,6 +21,9 @@ instance): remove, unless the attribute is Type 1 or Type 2 in an IOD we expect
 * ``X/D``    -> D if Type 1/2 else X
 * ``X/Z/D``  -> D if Type 1, Z if Type 2, else X
 * ``X/Z/U*`` -> K (walk, every UID inside replaced) if Type 1/2 else X
+* ``X`` on an attribute listed there -> D / Z likewise
+
+``allowlist.SUPPLEMENTARY_ROWS`` adds rows the table lacks (Text Value).
 
 When an enabled option has a code for a row it replaces the Basic code; if two enabled
 options disagree, ``C`` beats ``K``.
@@ -35,8 +38,9 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from .allowlist import REQUIRED_TYPE
+from .allowlist import REQUIRED_TYPE, SUPPLEMENTARY_ROWS
 
+CODE_VERSION = "0.1.0"
 TABLE_EDITION = "PS3.15 2024b+2026c"
 SAFE_PRIVATE_EDITION = "PS3.15 2024b E.3.10-1"
 
@@ -79,9 +83,11 @@ def parse_tag(text: str) -> int:
 
 def resolve_code(code: str, keyword: str | None) -> str:
     """Reduce a (possibly combined) table code to one action letter (see module doc)."""
+    req = REQUIRED_TYPE.get(keyword or "")
+    if code == "X" and req:
+        return "D" if req == "1" else "Z"
     if code in ACTIONS:
         return code
-    req = REQUIRED_TYPE.get(keyword or "")
     if code == "Z/D":
         return "D" if req == "1" else "Z"
     if code == "X/Z":
@@ -127,6 +133,8 @@ def compile_table(options: frozenset[str]) -> CompiledTable:
             patterns[row["tag"]] = action
         else:
             actions[parse_tag(row["tag"])] = action
+    for row in SUPPLEMENTARY_ROWS:
+        actions.setdefault(parse_tag(row["tag"]), row_action(row, options))
     return CompiledTable(
         actions=actions,
         curve=patterns[CURVE_PATTERN],
