@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 PENDING = "_export/pending/"
 DONE = "_export/done/"
 LAST_SUCCESS = "_export/last_success.json"
+RECEIPTS = "_export/receipts/"
 
 
 @dataclass
@@ -97,6 +98,27 @@ class Exporter:
         }
         put_json(self.store, self.staging, f"{PENDING}{code}/{body['batch_id']}.json", record)
         self.refresh_pending_gauge()
+
+    def handle_receipt(self, message: dict[str, Any]) -> None:
+        """Record the national side's receipt next to the export it acknowledges."""
+        body = message["body"]
+        code = message["trust"]
+        put_json(
+            self.store,
+            self.staging,
+            f"{RECEIPTS}{code}/{body['batch_id']}.json",
+            {**body, "trust": code, "message_id": message["message_id"]},
+        )
+        metrics.EXPORT_RECEIPTS.labels(code, body["status"]).inc()
+        if body["status"] != "complete":
+            log.error(
+                "%s: national ingest reports batch %s %s: %d of %d verified",
+                code,
+                body["batch_id"],
+                body["status"],
+                body["instances_verified"],
+                body["instances_expected"],
+            )
 
     def pending(self) -> dict[str, list[tuple[str, dict[str, Any]]]]:
         """Pending records by trust: (record key, record)."""

@@ -229,6 +229,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         threading.Thread(
             target=run_scheduler, args=(exporter, schedule, rt.stop), daemon=True
         ).start()
+        threading.Thread(
+            target=rt.bus.consume,
+            args=("export.receipts", exporter.handle_receipt),
+            kwargs={"stop": rt.stop, "prefetch": 1},
+            daemon=True,
+        ).start()
         if args.no_consume:
             rt.stop.wait()
         else:

@@ -102,6 +102,11 @@ EXPORT_BATCHES = Counter(
     "Export passes by result (published, empty, failed)",
     ["result"],
 )
+EXPORT_RECEIPTS = Counter(
+    "smartbox_export_receipts_total",
+    "Receipts from the national ingest recorded by the exporter, by status",
+    ["trust", "status"],
+)
 LAST_EXPORT_SUCCESS = Gauge(
     "smartbox_last_export_success_timestamp_seconds",
     "Unix time of the last export pass that completed without failure",

@@ -21,6 +21,7 @@ from typing import Any
 import pika
 import pika.exceptions as pex
 from pika.adapters.blocking_connection import BlockingChannel
+from tenacity import Retrying, retry_if_exception_type, wait_exponential, wait_random
 
 import schemas
 
@@ -162,15 +163,23 @@ class RabbitBus:
         prefetch: int = 4,
         retry_seconds: float = 300.0,
     ) -> None:
-        backoff = 0.5
+        # tenacity drives the reconnects: exponential backoff with jitter, capped at 30 s,
+        # for as long as the process runs (an outage pauses consumption, it does not end it)
+        retrying = Retrying(
+            retry=retry_if_exception_type((TransientError, *_CONN_ERRORS)),
+            wait=wait_exponential(multiplier=0.5, max=30) + wait_random(0, 0.5),
+            sleep=stop.wait,
+            stop=lambda _state: stop.is_set(),
+            reraise=True,
+            before_sleep=lambda state: log.warning(
+                "%s: bus connection lost (attempt %d); reconnecting", role, state.attempt_number
+            ),
+        )
         while not stop.is_set():
             try:
-                self._consume_once(role, handler, stop, prefetch, retry_seconds)
-                backoff = 0.5
-            except (TransientError, *_CONN_ERRORS) as exc:
-                log.warning("%s: bus connection lost (%s); reconnecting", role, type(exc).__name__)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                retrying(self._consume_once, role, handler, stop, prefetch, retry_seconds)
+            except (TransientError, *_CONN_ERRORS):
+                return  # stop was set while the bus was unreachable
 
     def _consume_once(
         self,

@@ -19,13 +19,15 @@ A hit returns its *kind* (never the value); the instance is then held back.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from io import BytesIO
 
 from pydicom.charset import convert_encodings, encode_string
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
 from pydicom.valuerep import PersonName
 
 from .pseudonyms import nhs_number_valid
@@ -55,7 +57,6 @@ OWN_VOCABULARY = frozenset(
 ID_KEYWORDS = {
     "PatientID": "patient_id",
     "OtherPatientIDs": "other_patient_id",
-    "IssuerOfPatientID": None,
     "AccessionNumber": "accession_number",
     "StudyID": "study_id",
     "MedicalRecordLocator": "patient_id",
@@ -63,7 +64,6 @@ ID_KEYWORDS = {
     "InstitutionalDepartmentName": "institution",
     "StationName": "station_name",
     "DeviceSerialNumber": "device_serial",
-    "PatientInsurancePlanCodeSequence": None,
     "AdmissionID": "patient_id",
     "PerformedProcedureStepID": "study_id",
     "RequestedProcedureID": "study_id",
@@ -75,8 +75,6 @@ ADDRESS_KEYWORDS = {
     "InstitutionAddress": "institution_address",
     "ReferringPhysicianAddress": "address",
     "PersonAddress": "address",
-    "CountryOfResidence": None,
-    "RegionOfResidence": None,
 }
 PHONE_KEYWORDS = {
     "PatientTelephoneNumbers": "phone_number",
@@ -90,11 +88,25 @@ UID_KEYWORDS = (
     "FrameOfReferenceUID",
     "MediaStorageSOPInstanceUID",
 )
+_INTEREST = frozenset(
+    int(tag_for_keyword(kw))
+    for kw in (*ID_KEYWORDS, *ADDRESS_KEYWORDS, *PHONE_KEYWORDS, *UID_KEYWORDS, "PatientBirthDate")
+)
 ADDRESS_STOPWORDS = frozenset(
     """road street avenue lane close drive house flat court place square crescent way
     hill park green view gardens north south east west upper lower united kingdom""".split()
 )
+_ALNUM = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_DIGITS = frozenset(b"0123456789")
+_UID_CHARS = frozenset(b"0123456789.")
 _TOKEN_SPLIT = re.compile(r"[\^=\s,.;:/()\"'\-]+")
+
+
+def _dict_vr(tag: int) -> str | None:
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
 
 
 def _strings(value: object) -> Iterator[str]:
@@ -138,7 +150,9 @@ class Identifiers:
         self.encodings: list[str] = ["iso8859"]
         self._text_re: re.Pattern[str] | None = None
         self._uid_re: re.Pattern[str] | None = None
-        self._bytes_re: re.Pattern[bytes] | None = None
+        self._phone_bytes_re: re.Pattern[bytes] | None = None
+        self._literals: dict[bytes, tuple[str, bool, bool]] = {}
+        self._compiled = False
 
     # -- collection -----------------------------------------------------------------------
     def add(self, value: str, kind: str, min_len: int = 2) -> None:
@@ -158,92 +172,96 @@ class Identifiers:
             self.add(f"{digits[:3]}-{digits[3:6]}-{digits[6:]}", "nhs_number")
 
     def collect(self, ds: Dataset, nhs_keyword: str, meta: Dataset | None = None) -> None:
-        """Collect from `ds` at every depth (and from the source file meta)."""
+        """Collect from `ds` at every depth (and from the source file meta).
+
+        Only PN, sequences and the attributes named above are decoded: the rest of the
+        dataset stays raw, which keeps both this walk and the later write cheap.
+        """
         if "SpecificCharacterSet" in ds:
             self.encodings = convert_encodings(ds.SpecificCharacterSet)
-        if meta is not None:
-            for elem in meta:
-                if elem.keyword == "MediaStorageSOPInstanceUID" and elem.value:
-                    self.uids[str(elem.value)] = "original_uid"
-        self._collect(ds, nhs_keyword)
+        if meta is not None and meta.get("MediaStorageSOPInstanceUID"):
+            self.uids[str(meta.MediaStorageSOPInstanceUID)] = "original_uid"
+        nhs_tag = tag_for_keyword(nhs_keyword)
+        self._collect(ds, int(nhs_tag) if nhs_tag is not None else -1)
 
-    def _collect(self, ds: Dataset, nhs_keyword: str) -> None:
-        for elem in ds:
-            vr, kw = elem.VR, elem.keyword
+    def _collect(self, ds: Dataset, nhs_tag: int) -> None:
+        for tag in list(ds.keys()):
+            t = int(tag)
+            vr = ds.get_item(tag).VR
+            if vr is None or vr == "UN":
+                vr = _dict_vr(t) or vr
             if vr == "SQ":
-                for item in elem.value or ():
-                    self._collect(item, nhs_keyword)
-                continue
-            if vr == "PN":
-                for name in _strings(elem.value):
+                value = ds[tag].value
+                for item in value if isinstance(value, Sequence) else ():
+                    self._collect(item, nhs_tag)
+            elif vr == "PN":
+                for name in _strings(ds[tag].value):
                     self.add_name(name)
-                continue
-            if kw == nhs_keyword:
-                for v in _strings(elem.value):
+            elif t == nhs_tag or t in _INTEREST:
+                self._collect_value(ds, t, nhs_tag)
+
+    def _collect_value(self, ds: Dataset, t: int, nhs_tag: int) -> None:
+        kw = ds[t].keyword
+        values = list(_strings(ds[t].value))
+        for v in values:
+            if t == nhs_tag:
+                self.add_nhs(v)
+                self.add(v, "patient_id", 3)
+            if kw in ID_KEYWORDS:
+                self.add(v, ID_KEYWORDS[kw], 3)
+                if nhs_number_valid(v):
                     self.add_nhs(v)
-                    self.add(v, "patient_id", 3)
-            if kw in ID_KEYWORDS and ID_KEYWORDS[kw]:
-                for v in _strings(elem.value):
-                    self.add(v, ID_KEYWORDS[kw], 3)
-                    if nhs_number_valid(v):
-                        self.add_nhs(v)
-            elif kw in ADDRESS_KEYWORDS and ADDRESS_KEYWORDS[kw]:
-                for v in _strings(elem.value):
-                    self.add(v, ADDRESS_KEYWORDS[kw], 3)
-                    for word in _TOKEN_SPLIT.split(v):
-                        if (
-                            len(word) >= 4
-                            and word.isalpha()
-                            and word.lower() not in ADDRESS_STOPWORDS
-                        ):
-                            self.add(word, ADDRESS_KEYWORDS[kw])
+            elif kw in ADDRESS_KEYWORDS:
+                self.add(v, ADDRESS_KEYWORDS[kw], 3)
+                for word in _TOKEN_SPLIT.split(v):
+                    if len(word) >= 4 and word.isalpha() and word.lower() not in ADDRESS_STOPWORDS:
+                        self.add(word, ADDRESS_KEYWORDS[kw])
             elif kw in PHONE_KEYWORDS:
-                for v in _strings(elem.value):
-                    digits = re.sub(r"[^0-9]", "", v)
-                    if len(digits) >= 6:
-                        self.values.setdefault("phone:" + digits, PHONE_KEYWORDS[kw])
+                digits = re.sub(r"[^0-9]", "", v)
+                if len(digits) >= 6:
+                    self.values.setdefault("phone:" + digits, PHONE_KEYWORDS[kw])
             elif kw == "PatientBirthDate":
-                for v in _strings(elem.value):
-                    for spelling in birth_date_spellings(v):
-                        self.add(spelling, "birth_date", 6)
+                for spelling in birth_date_spellings(v):
+                    self.add(spelling, "birth_date", 6)
             elif kw in UID_KEYWORDS:
-                for v in _strings(elem.value):
-                    self.uids[v] = "original_uid"
+                self.uids[v] = "original_uid"
 
     # -- scanners -------------------------------------------------------------------------
     def _compile(self) -> None:
-        text_parts, byte_parts = [], []
+        text_parts: list[str] = []
+        phone_parts: list[bytes] = []
+        literals: dict[bytes, tuple[str, bool, bool]] = {}
         for value in sorted(self.values, key=len, reverse=True):
+            kind = self.values[value]
             if value.startswith("phone:"):
-                digits = value[6:]
-                pattern = r"[ ()+-]*".join(re.escape(d) for d in digits)
+                pattern = r"[ ()+-]*".join(re.escape(d) for d in value[6:])
                 text_parts.append(rf"(?<![0-9]){pattern}(?![0-9])")
-                byte_parts.append(rf"(?<![0-9]){pattern}(?![0-9])".encode())
+                phone_parts.append(rf"(?<![0-9]){pattern}(?![0-9])".encode())
                 continue
-            esc = re.escape(value)
-            left = r"(?<![^\W_])" if value[0].isalnum() and value[0].isascii() else ""
-            right = r"(?![^\W_])" if value[-1].isalnum() and value[-1].isascii() else ""
-            text_parts.append(f"{left}{esc}{right}")
+            left = value[0].isascii() and value[0].isalnum()
+            right = value[-1].isascii() and value[-1].isalnum()
+            bound_l, bound_r = (r"(?<![^\W_])" if left else ""), (r"(?![^\W_])" if right else "")
+            text_parts.append(f"{bound_l}{re.escape(value)}{bound_r}")
             if len(value) >= 3:
                 for encoded in self._encodings_of(value):
-                    b_left = rb"(?<![A-Za-z0-9])" if left else b""
-                    b_right = rb"(?![A-Za-z0-9])" if right else b""
-                    byte_parts.append(b_left + re.escape(encoded) + b_right)
+                    literals.setdefault(encoded.lower(), (kind, left, right))
+        for uid in self.uids:
+            literals.setdefault(uid.encode("ascii", "replace"), ("original_uid", False, False))
         self._text_re = re.compile("|".join(text_parts), re.IGNORECASE) if text_parts else None
-        self._bytes_re = (
-            re.compile(b"|".join(dict.fromkeys(byte_parts)), re.IGNORECASE) if byte_parts else None
-        )
+        self._phone_bytes_re = re.compile(b"|".join(phone_parts)) if phone_parts else None
+        self._literals = literals
         uid_parts = [rf"(?<![0-9.]){re.escape(u)}(?![0-9])" for u in self.uids]
         self._uid_re = re.compile("|".join(uid_parts)) if uid_parts else None
+        self._compiled = True
 
-    def _encodings_of(self, value: str) -> Iterable[bytes]:
+    def _encodings_of(self, value: str) -> set[bytes]:
+        """`value` as it may appear in the file: UTF-8, Latin-1, the instance's charsets."""
         out = {value.encode("utf-8")}
         for variant in (value, value.upper()):
-            for codec in ("latin-1",):
-                try:
-                    out.add(variant.encode(codec))
-                except UnicodeEncodeError:
-                    pass
+            try:
+                out.add(variant.encode("latin-1"))
+            except UnicodeEncodeError:
+                pass
             try:
                 out.add(encode_string(variant, self.encodings))
             except (UnicodeError, LookupError, ValueError):
@@ -259,7 +277,7 @@ class Identifiers:
 
     def search_text(self, text: str) -> str | None:
         """Kind of the first identifier or pattern found in a free-text value, else None."""
-        if self._text_re is None and self.values:
+        if not self._compiled:
             self._compile()
         if self._text_re is not None:
             m = self._text_re.search(text)
@@ -268,7 +286,7 @@ class Identifiers:
         return pattern_kind(text)
 
     def search_value(self, text: str, vr: str) -> str | None:
-        if self._text_re is None and (self.values or self.uids):
+        if not self._compiled:
             self._compile()
         if self._text_re is not None:
             m = self._text_re.search(text)
@@ -281,16 +299,32 @@ class Identifiers:
         return None
 
     def search_bytes(self, data: bytes) -> str | None:
-        if self._bytes_re is None and self.values:
+        """Kind of the first identifier found in raw bytes, else None.
+
+        Literal ``bytes.find`` on the ASCII-lowercased data (patterns lowercased the same
+        way, so ISO 2022 escapes still line up), then a boundary check: much faster than
+        one big alternation regex.
+        """
+        if not self._compiled:
             self._compile()
-        if self._bytes_re is not None:
-            m = self._bytes_re.search(data)
+        low = data.lower()
+        for literal, (kind, left, right) in self._literals.items():
+            start = low.find(literal)
+            while start != -1:
+                end = start + len(literal)
+                if kind == "original_uid":
+                    ok_l = start == 0 or low[start - 1] not in _UID_CHARS
+                    ok_r = end == len(low) or low[end] not in _DIGITS
+                else:
+                    ok_l = not left or start == 0 or low[start - 1] not in _ALNUM
+                    ok_r = not right or end == len(low) or low[end] not in _ALNUM
+                if ok_l and ok_r:
+                    return kind
+                start = low.find(literal, start + 1)
+        if self._phone_bytes_re is not None:
+            m = self._phone_bytes_re.search(data)
             if m:
-                return self.kind_of(m.group().decode("utf-8", "replace"))
-        if self._uid_re is not None:
-            # UIDs are ASCII; the same pattern works on the bytes decoded as Latin-1.
-            if self._uid_re.search(data.decode("latin-1")):
-                return "original_uid"
+                return self.kind_of(m.group().decode("ascii", "replace"))
         return None
 
 
@@ -307,26 +341,29 @@ def pattern_kind(text: str) -> str | None:
 
 
 def scan_dataset(ds: Dataset, ids: Identifiers) -> str | None:
-    """Kind of the first hit in any value at any depth of `ds`, else None."""
-    for elem in ds:
-        vr = elem.VR
+    """Kind of the first hit in any free-text value at any depth of `ds`, else None.
+
+    Coded, numeric and binary values are left to the raw byte scan (``search_bytes``), which
+    sees every byte of them anyway; decoding them here would only cost time.
+    """
+    for tag in list(ds.keys()):
+        vr = ds.get_item(tag).VR
+        if vr is None or vr == "UN":
+            vr = _dict_vr(int(tag)) or vr
         if vr == "SQ":
-            for item in elem.value or ():
+            value = ds[tag].value
+            for item in value if isinstance(value, Sequence) else ():
                 kind = scan_dataset(item, ids)
                 if kind:
                     return kind
-        elif vr in STRING_VRS:
-            value = elem.value
+        elif vr in FREE_TEXT_VRS or vr == "UR":
+            value = ds[tag].value
             if isinstance(value, PersonName):
                 value = str(value)
             for text in _strings(value):
                 kind = ids.search_value(text, vr)
                 if kind:
                     return kind
-        elif isinstance(elem.value, bytes) and elem.tag != 0x7FE00010:
-            kind = ids.search_bytes(elem.value)
-            if kind:
-                return kind
     return None
 
 

@@ -52,12 +52,23 @@ def test_two_trusts_end_to_end(pipeline: Pipeline, tmp_path: Path) -> None:
         )
 
     # the national side: exactly the instances sent, each verified against its manifest
-    receipts = p.queue_messages("export.receipts")
+    # the exporter records the national side's receipts next to the exports they acknowledge
+    receipt_keys = wait_for(
+        lambda: (
+            len(p.objects("staging", "_export/receipts/")) == 2
+            and p.objects("staging", "_export/receipts/")
+        ),
+        60,
+        "receipts",
+    )
+    receipts = [json.loads(p.read("staging", k)) for k in receipt_keys]
     assert sorted(r["trust"] for r in receipts) == ["RGT", "RTK"]
     for r in receipts:
-        assert r["body"]["status"] == "complete"
-        assert r["body"]["instances_verified"] == sent[r["trust"]]
-        assert r["body"]["checksum_failures"] == 0
+        assert r["status"] == "complete"
+        assert r["instances_verified"] == sent[r["trust"]]
+        assert r["checksum_failures"] == 0 and r["missing"] == 0
+    for code in sent:
+        assert p.metric("exporter", "smartbox_export_receipts_total", trust=code) == 1
     manifests = [k for k in p.objects("national", "_batches/")]
     assert len(manifests) == 2
     expected: dict[str, str] = {}
