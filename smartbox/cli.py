@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", dest="message_id", help="only this message id (show, replay)")
     p.add_argument("--limit", type=int, default=100)
 
+    p = sub.add_parser(
+        "purge-quarantine", help="delete processed identifiable originals past retention"
+    )
+    p.add_argument("--older-than-days", type=float, default=30.0, help="default %(default)s")
+    p.add_argument("--dry-run", action="store_true", help="report, delete nothing")
+
     p = sub.add_parser("held", help="list instances held back from export, with reasons")
     p.add_argument("--trust", help="only this trust")
     return parser
@@ -149,6 +155,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _dlq(args, settings)
     if args.command == "held":
         return _held(args, settings)
+    if args.command == "purge-quarantine":
+        from .retention import purge_quarantine
+        from .s3 import S3Store
+
+        report = purge_quarantine(
+            S3Store(settings.s3),
+            quarantine=settings.quarantine_bucket,
+            staging=settings.staging_bucket,
+            older_than_seconds=args.older_than_days * 86400,
+            dry_run=args.dry_run,
+        )
+        verb = "would purge" if args.dry_run else "purged"
+        print(f"{verb} {report.purged_batches} batches ({report.purged_objects} objects)")
+        for key in report.unprocessed_old:
+            print(f"not processed, past retention (kept): {key}", file=sys.stderr)
+        return 0
 
     from . import runtime
 

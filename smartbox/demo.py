@@ -150,12 +150,12 @@ def run_demo(
         summary = exporter.export_pass()
         expected_batches = len(summary.batches)
         deadline = time.monotonic() + 120
+        receipts_queue = bus.topology.queue("export.receipts")
         while time.monotonic() < deadline:
-            receipts = bus.messages(bus.topology.queue("export.receipts"))
-            if len(receipts) >= expected_batches:
+            if bus.depth(receipts_queue) >= expected_batches:
                 break
             time.sleep(0.2)
-        receipts = [m for m, _h in bus.messages(bus.topology.queue("export.receipts"))]
+        receipts = [m for m, _h in bus.messages(receipts_queue)]
         ingested = {c: 0 for c in trusts}
         for r in receipts:
             ingested[r["trust"]] += r["body"]["instances_verified"]

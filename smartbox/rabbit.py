@@ -168,7 +168,7 @@ class RabbitBus:
         retrying = Retrying(
             retry=retry_if_exception_type((TransientError, *_CONN_ERRORS)),
             wait=wait_exponential(multiplier=0.5, max=30) + wait_random(0, 0.5),
-            sleep=stop.wait,
+            sleep=lambda seconds: None if stop.wait(seconds) else None,
             stop=lambda _state: stop.is_set(),
             reraise=True,
             before_sleep=lambda state: log.warning(

@@ -118,6 +118,22 @@ class S3Store:
         )
         yield from sorted(str(o.object_name) for o in objects if not o.is_dir)
 
+    def list_entries(self, bucket: str, prefix: str = "") -> Iterator[tuple[str, int, float]]:
+        objects = self._call(
+            f"list {bucket}/{prefix}",
+            lambda: list(self._client.list_objects(bucket, prefix=prefix, recursive=True)),
+        )
+        entries = [
+            (
+                str(o.object_name),
+                int(o.size or 0),
+                o.last_modified.timestamp() if o.last_modified else 0.0,
+            )
+            for o in objects
+            if not o.is_dir
+        ]
+        yield from sorted(entries)
+
     def delete(self, bucket: str, key: str) -> None:
         check_key(key)
         self._call(f"delete {bucket}/{key}", lambda: self._client.remove_object(bucket, key))

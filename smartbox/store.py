@@ -56,6 +56,9 @@ class ObjectStore(Protocol):
     def list_keys(self, bucket: str, prefix: str = "") -> Iterator[str]:
         """Every key under ``prefix``, recursively, in lexical order."""
 
+    def list_entries(self, bucket: str, prefix: str = "") -> Iterator[tuple[str, int, float]]:
+        """(key, size, last-modified unix time) of every object under ``prefix``."""
+
     def delete(self, bucket: str, key: str) -> None:
         """Delete if present (no error when absent)."""
 
@@ -159,6 +162,11 @@ class LocalStore:
                 if key.startswith(prefix):
                     keys.append(key)
         yield from sorted(keys)
+
+    def list_entries(self, bucket: str, prefix: str = "") -> Iterator[tuple[str, int, float]]:
+        for key in self.list_keys(bucket, prefix):
+            st = self._path(bucket, key).stat()
+            yield key, st.st_size, st.st_mtime
 
     def delete(self, bucket: str, key: str) -> None:
         self._path(bucket, key).unlink(missing_ok=True)
