@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from functools import lru_cache
 from io import BytesIO
 
 from pydicom.charset import convert_encodings, encode_string
@@ -149,7 +150,6 @@ class Identifiers:
         self.uids: dict[str, str] = {}
         self.encodings: list[str] = ["iso8859"]
         self._text_re: re.Pattern[str] | None = None
-        self._uid_re: re.Pattern[str] | None = None
         self._phone_bytes_re: re.Pattern[bytes] | None = None
         self._literals: dict[bytes, tuple[str, bool, bool]] = {}
         self._compiled = False
@@ -228,45 +228,14 @@ class Identifiers:
 
     # -- scanners -------------------------------------------------------------------------
     def _compile(self) -> None:
-        text_parts: list[str] = []
-        phone_parts: list[bytes] = []
-        literals: dict[bytes, tuple[str, bool, bool]] = {}
-        for value in sorted(self.values, key=len, reverse=True):
-            kind = self.values[value]
-            if value.startswith("phone:"):
-                pattern = r"[ ()+-]*".join(re.escape(d) for d in value[6:])
-                text_parts.append(rf"(?<![0-9]){pattern}(?![0-9])")
-                phone_parts.append(rf"(?<![0-9]){pattern}(?![0-9])".encode())
-                continue
-            left = value[0].isascii() and value[0].isalnum()
-            right = value[-1].isascii() and value[-1].isalnum()
-            bound_l, bound_r = (r"(?<![^\W_])" if left else ""), (r"(?![^\W_])" if right else "")
-            text_parts.append(f"{bound_l}{re.escape(value)}{bound_r}")
-            if len(value) >= 3:
-                for encoded in self._encodings_of(value):
-                    literals.setdefault(encoded.lower(), (kind, left, right))
+        key = (tuple(sorted(self.values.items())), tuple(self.encodings))
+        self._text_re, self._phone_bytes_re, literals = _compiled_scanners(key)
+        self._literals = dict(literals)
+        # UIDs are ASCII: the raw byte scan sees every one of them, wherever it hides.
         for uid in self.uids:
-            literals.setdefault(uid.encode("ascii", "replace"), ("original_uid", False, False))
-        self._text_re = re.compile("|".join(text_parts), re.IGNORECASE) if text_parts else None
-        self._phone_bytes_re = re.compile(b"|".join(phone_parts)) if phone_parts else None
-        self._literals = literals
-        uid_parts = [rf"(?<![0-9.]){re.escape(u)}(?![0-9])" for u in self.uids]
-        self._uid_re = re.compile("|".join(uid_parts)) if uid_parts else None
+            encoded = uid.encode("ascii", "replace")
+            self._literals.setdefault(encoded, ("original_uid", False, False))
         self._compiled = True
-
-    def _encodings_of(self, value: str) -> set[bytes]:
-        """`value` as it may appear in the file: UTF-8, Latin-1, the instance's charsets."""
-        out = {value.encode("utf-8")}
-        for variant in (value, value.upper()):
-            try:
-                out.add(variant.encode("latin-1"))
-            except UnicodeEncodeError:
-                pass
-            try:
-                out.add(encode_string(variant, self.encodings))
-            except (UnicodeError, LookupError, ValueError):
-                pass
-        return out
 
     def kind_of(self, match: str) -> str:
         key = match.casefold()
@@ -292,8 +261,6 @@ class Identifiers:
             m = self._text_re.search(text)
             if m:
                 return self.kind_of(m.group())
-        if self._uid_re is not None and self._uid_re.search(text):
-            return "original_uid"
         if vr in FREE_TEXT_VRS:
             return pattern_kind(text)
         return None
@@ -326,6 +293,55 @@ class Identifiers:
             if m:
                 return self.kind_of(m.group().decode("ascii", "replace"))
         return None
+
+
+def _encodings_of(value: str, encodings: tuple[str, ...]) -> set[bytes]:
+    """`value` as it may appear in the file: UTF-8, Latin-1, the instance's charsets."""
+    out = {value.encode("utf-8")}
+    for variant in (value, value.upper()):
+        try:
+            out.add(variant.encode("latin-1"))
+        except UnicodeEncodeError:
+            pass
+        try:
+            out.add(encode_string(variant, list(encodings)))
+        except (UnicodeError, LookupError, ValueError):
+            pass
+    return out
+
+
+_Scanners = tuple[
+    re.Pattern[str] | None,
+    re.Pattern[bytes] | None,
+    tuple[tuple[bytes, tuple[str, bool, bool]], ...],
+]
+
+
+@lru_cache(maxsize=256)
+def _compiled_scanners(
+    key: tuple[tuple[tuple[str, str], ...], tuple[str, ...]],
+) -> _Scanners:
+    """Scanners for one patient's identifiers; cached because a study repeats them."""
+    values, encodings = key
+    text_parts: list[str] = []
+    phone_parts: list[bytes] = []
+    literals: dict[bytes, tuple[str, bool, bool]] = {}
+    for value, kind in sorted(values, key=lambda vk: len(vk[0]), reverse=True):
+        if value.startswith("phone:"):
+            pattern = r"[ ()+-]*".join(re.escape(d) for d in value[6:])
+            text_parts.append(rf"(?<![0-9]){pattern}(?![0-9])")
+            phone_parts.append(rf"(?<![0-9]){pattern}(?![0-9])".encode())
+            continue
+        left = value[0].isascii() and value[0].isalnum()
+        right = value[-1].isascii() and value[-1].isalnum()
+        bound_l, bound_r = (r"(?<![^\W_])" if left else ""), (r"(?![^\W_])" if right else "")
+        text_parts.append(f"{bound_l}{re.escape(value)}{bound_r}")
+        if len(value) >= 3:
+            for encoded in _encodings_of(value, encodings):
+                literals.setdefault(encoded.lower(), (kind, left, right))
+    text_re = re.compile("|".join(text_parts), re.IGNORECASE) if text_parts else None
+    phone_re = re.compile(b"|".join(phone_parts)) if phone_parts else None
+    return text_re, phone_re, tuple(literals.items())
 
 
 def pattern_kind(text: str) -> str | None:

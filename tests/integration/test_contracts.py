@@ -181,6 +181,12 @@ def test_store_round_trip(store, tmp_path: Path) -> None:
     assert store.size("contract", "RTK/a/c.dcm") == big.stat().st_size
     assert list(store.list_keys("contract", "RTK/")) == ["RTK/a/b.dcm", "RTK/a/c.dcm"]
     assert store.exists("contract", "RGT/z.json")
+    entries = list(store.list_entries("contract", "RTK/"))
+    assert [(k, n) for k, n, _t in entries] == [
+        ("RTK/a/b.dcm", 1000),
+        ("RTK/a/c.dcm", big.stat().st_size),
+    ]
+    assert all(abs(t - time.time()) < 600 for _k, _n, t in entries)
     store.delete("contract", "RGT/z.json")
     store.delete("contract", "RGT/z.json")
     assert not store.exists("contract", "RGT/z.json")
