@@ -18,6 +18,7 @@ import hashlib
 import logging
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,8 @@ class Anonymiser:
         key: RegionalKey,
         trusts: dict[str, TrustConfig],
         buckets: Buckets = Buckets(),
+        *,
+        workers: int = 4,
     ) -> None:
         from consumers.deid import Deidentifier, DeidPolicy, PseudonymKey
 
@@ -86,6 +89,34 @@ class Anonymiser:
             for code, t in trusts.items()
         }
         self._ready = False
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="deid")
+
+    def _one(
+        self, engine: Any, code: str, bucket: str, entry: dict[str, Any]
+    ) -> tuple[Any, dict[str, Any] | None]:
+        """De-identify and stage one instance; (result, manifest entry or None if held back)."""
+        raw = self.store.get_bytes(bucket, entry["key"])
+        if hashlib.sha256(raw).hexdigest() != entry["sha256"]:
+            raise PermanentError("quarantine object does not match its recorded sha256")
+        result = engine.process(raw)
+        if not result.ok or result.data is None:
+            return result, None
+        digest = hashlib.sha256(result.data).hexdigest()
+        # a new version of an instance (same UID, other bytes) is a new object, never an
+        # overwrite: every manifest entry keeps matching its object
+        obj_key = f"{code}/{result.study_uid}/{result.sop_instance_uid}-{digest[:16]}.dcm"
+        self.store.put_bytes(self.buckets.staging, obj_key, result.data)
+        return result, {
+            "key": obj_key,
+            "sha256": digest,
+            "size": len(result.data),
+            "study_uid": result.study_uid,
+            "series_uid": result.series_uid,
+            "sop_instance_uid": result.sop_instance_uid,
+            "sop_class_uid": result.sop_class_uid,
+            "modality": result.modality,
+            "patient": result.patient_pseudonym,
+        }
 
     def handle(self, message: dict[str, Any]) -> None:
         started = time.monotonic()
@@ -105,34 +136,20 @@ class Anonymiser:
         reasons: Counter[str] = Counter()
         study_uid: str | None = None
         fallbacks = 0
-        for entry in batch["instances"]:
-            raw = self.store.get_bytes(body["bucket"], entry["key"])
-            if hashlib.sha256(raw).hexdigest() != entry["sha256"]:
-                raise PermanentError("quarantine object does not match its recorded sha256")
-            result = engine.process(raw)
+        # instances of a batch in parallel: S3 round trips overlap with de-identification
+        outcomes = list(
+            self._pool.map(lambda e: self._one(engine, code, body["bucket"], e), batch["instances"])
+        )
+        for entry, (result, staged_entry) in zip(batch["instances"], outcomes, strict=True):
             study_uid = study_uid or result.study_uid
-            if not result.ok or result.data is None:
+            if staged_entry is None:
                 reason = result.reason or "unknown"
                 reasons[reason] += 1
                 held.append({"source": entry["key"].rsplit("/", 1)[-1], "reason": reason})
                 continue
             if not result.nhs_number_valid:
                 fallbacks += 1
-            obj_key = f"{code}/{result.study_uid}/{result.sop_instance_uid}.dcm"
-            self.store.put_bytes(self.buckets.staging, obj_key, result.data)
-            staged.append(
-                {
-                    "key": obj_key,
-                    "sha256": hashlib.sha256(result.data).hexdigest(),
-                    "size": len(result.data),
-                    "study_uid": result.study_uid,
-                    "series_uid": result.series_uid,
-                    "sop_instance_uid": result.sop_instance_uid,
-                    "sop_class_uid": result.sop_class_uid,
-                    "modality": result.modality,
-                    "patient": result.patient_pseudonym,
-                }
-            )
+            staged.append(staged_entry)
         study_uid = study_uid or staged_study_uid_fallback(self.key, body["study_key"])
         manifest_key = f"{code}/{study_uid}/manifest-{body['batch_id']}.json"
         put_json(

@@ -111,6 +111,7 @@ class Deidentifier:
 
         ids = Identifiers()
         ids.collect(ds, self.policy.nhs_number_attribute, source_meta)
+        ids.own_values.add(pseudonym)
         if self._retain_uids:
             ids.uids.clear()
 

@@ -153,6 +153,9 @@ class Identifiers:
         self._phone_bytes_re: re.Pattern[bytes] | None = None
         self._literals: dict[bytes, tuple[str, bool, bool]] = {}
         self._compiled = False
+        #: values we generated ourselves (the patient pseudonym: 32 hex digits, which can look
+        #: like a phone or NHS number by chance); exempt from the generic patterns only
+        self.own_values: set[str] = set()
 
     # -- collection -----------------------------------------------------------------------
     def add(self, value: str, kind: str, min_len: int = 2) -> None:
@@ -252,6 +255,8 @@ class Identifiers:
             m = self._text_re.search(text)
             if m:
                 return self.kind_of(m.group())
+        if text.strip() in self.own_values:
+            return None
         return pattern_kind(text)
 
     def search_value(self, text: str, vr: str) -> str | None:
@@ -261,7 +266,7 @@ class Identifiers:
             m = self._text_re.search(text)
             if m:
                 return self.kind_of(m.group())
-        if vr in FREE_TEXT_VRS:
+        if vr in FREE_TEXT_VRS and text.strip() not in self.own_values:
             return pattern_kind(text)
         return None
 

@@ -1,0 +1,174 @@
+"""Benchmark: smartbox de-identification vs dicognito on the same CT instances.
+
+    .venv/bin/python bench/deid/bench_deid.py [--n 200] [--rounds 3] \
+        [--dicognito-python /tmp/bench-venv/bin/python]
+
+Generates N ~0.5 MB CT instances (512x512x16 bit, ~100 attributes, private blocks, nested
+sequences) once, then runs each tool ROUNDS times, alternating, one process per run, one
+core each, file in -> file out (read + de-identify + write; ours includes both gates).
+Prints files/s per run, the medians and the ratio; --markdown appends a table for
+RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+OURS = """
+import os, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from consumers.deid import Deidentifier, DeidPolicy, PseudonymKey
+deid = Deidentifier(PseudonymKey(b"bench-secret-0123456789", "k1"), DeidPolicy(trust_code="RTK"))
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+files = sorted(src.glob("*.dcm"))
+t0 = time.perf_counter()
+held = 0
+for f in files:
+    r = deid.process(f.read_bytes())
+    if r.ok:
+        (dst / f.name).write_bytes(r.data)
+    else:
+        held += 1
+print(len(files) / (time.perf_counter() - t0), held)
+"""
+
+DICOGNITO = """
+import sys, time
+from pathlib import Path
+import pydicom
+from dicognito.anonymizer import Anonymizer
+anon = Anonymizer()
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+files = sorted(src.glob("*.dcm"))
+t0 = time.perf_counter()
+for f in files:
+    ds = pydicom.dcmread(f)
+    anon.anonymize(ds)
+    ds.save_as(dst / f.name)
+print(len(files) / (time.perf_counter() - t0), 0)
+"""
+
+
+def make_corpus(directory: Path, n: int) -> None:
+    import random
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    rng = random.Random(42)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    pixels = bytes(rng.getrandbits(8) for _ in range(512 * 512 * 2))
+    for i in range(n):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        sop = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop
+        ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = "20240315"
+        ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = "101500"
+        ds.AccessionNumber, ds.Modality, ds.Manufacturer = "ACC123456", "CT", "ACME"
+        ds.InstitutionName, ds.InstitutionAddress = "St Elsewhere Hospital", "1 High St, Leeds"
+        ds.ReferringPhysicianName, ds.StationName = "Who^Doctor", "CT01"
+        ds.StudyDescription, ds.SeriesDescription = "CT CHEST", "AXIAL 1.25"
+        ds.OperatorsName, ds.PerformingPhysicianName = "Op^Erator", "Per^Former"
+        ds.ManufacturerModelName = "Scanner 9000"
+        ds.PatientName, ds.PatientID = "Smith^Jane", "4857773457"
+        ds.PatientBirthDate, ds.PatientSex, ds.PatientAge = "19610823", "F", "062Y"
+        ds.OtherPatientIDs = "MRN0001"
+        ds.BodyPartExamined, ds.SliceThickness, ds.KVP = "CHEST", "1.25", "120"
+        ds.DeviceSerialNumber, ds.SoftwareVersions, ds.ProtocolName = "SN1", "V1", "Chest"
+        ds.DataCollectionDiameter, ds.ReconstructionDiameter = "500", "350"
+        ds.GantryDetectorTilt, ds.TableHeight, ds.RotationDirection = "0", "150", "CW"
+        ds.ExposureTime, ds.XRayTubeCurrent, ds.Exposure = "500", "200", "100"
+        ds.FilterType, ds.GeneratorPower, ds.FocalSpots = "BODY", "24", "1.2"
+        ds.ConvolutionKernel, ds.PatientPosition = "B30f", "HFS"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.StudyID, ds.SeriesNumber, ds.AcquisitionNumber, ds.InstanceNumber = "1", 2, 1, i + 1
+        ds.ImagePositionPatient = [-175, -175, -i * 1.25]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame, ""
+        ds.SliceLocation = -i * 1.25
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows = ds.Columns = 512
+        ds.PixelSpacing = [0.68, 0.68]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.WindowCenter, ds.WindowWidth = "40", "400"
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
+        ref = Dataset()
+        ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = CTImageStorage, generate_uid()
+        ds.ReferencedImageSequence = Sequence([ref])
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "T-D3000", "SRT", "Chest"
+        ds.AnatomicRegionSequence = Sequence([code])
+        proc = Dataset()
+        proc.RequestedProcedureDescription = "CT CHEST"
+        proc.RequestedProcedureID = "RP1"
+        ds.RequestAttributesSequence = Sequence([proc])
+        for group in (0x0009, 0x0019, 0x0043):
+            block = ds.private_block(group, "GEMS_ACQU_01", create=True)
+            for elem in range(0x10, 0x30):
+                block.add_new(elem, "DS", str(elem))
+        ds.PixelData = pixels
+        ds.save_as(directory / f"ct{i:04d}.dcm", enforce_file_format=True)
+
+
+def run(python: str, code: str, src: Path, dst: Path) -> tuple[float, int]:
+    for f in dst.glob("*"):
+        f.unlink()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run([python, "-c", code, str(src), str(dst), str(ROOT)], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    return float(out[0]), int(out[1])
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--dicognito-python", default="/tmp/bench-venv/bin/python")
+    p.add_argument("--markdown", action="store_true")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp, "in"), Path(tmp, "out")
+        src.mkdir()
+        dst.mkdir()
+        make_corpus(src, args.n)
+        size = sum(f.stat().st_size for f in src.glob("*.dcm")) / args.n / 1e6
+        ours, theirs = [], []
+        for r in range(args.rounds):
+            rate, held = run(sys.executable, OURS, src, dst)
+            ours.append(rate)
+            print(f"round {r + 1}: smartbox  {rate:7.1f} files/s (held back {held})")
+            rate, _ = run(args.dicognito_python, DICOGNITO, src, dst)
+            theirs.append(rate)
+            print(f"round {r + 1}: dicognito {rate:7.1f} files/s")
+        mo, mt = statistics.median(ours), statistics.median(theirs)
+        print(f"median: smartbox {mo:.1f} files/s, dicognito {mt:.1f} files/s, "
+              f"ratio {mo / mt:.2f}x  ({args.n} files of {size:.2f} MB, "
+              f"{os.cpu_count()} cores, {platform.python_version()})")
+        if args.markdown:
+            print(f"| {time.strftime('%Y-%m-%d')} | {args.n} x {size:.2f} MB CT | "
+                  f"{mo:.0f} | {mt:.0f} | {mo / mt:.2f}x | "
+                  f"{', '.join(f'{x:.0f}' for x in ours)} / "
+                  f"{', '.join(f'{x:.0f}' for x in theirs)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

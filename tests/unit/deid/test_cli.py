@@ -1,0 +1,65 @@
+"""``smartbox deidentify`` on a folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import KEY, ct_dataset, planted_dataset, to_bytes
+
+from consumers.deid.cli import main
+
+
+@pytest.fixture
+def env_key(monkeypatch) -> None:
+    monkeypatch.setenv("SMARTBOX_PSEUDONYM_KEY", KEY.secret.decode())
+    monkeypatch.delenv("SMARTBOX_PSEUDONYM_KEY_FILE", raising=False)
+
+
+def _corpus(tmp_path):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.dcm").write_bytes(to_bytes(planted_dataset()))
+    burned = ct_dataset()
+    burned.BurnedInAnnotation = "YES"
+    burned.SOPInstanceUID = "1.2.3.4.5"
+    (src / "sub" / "b.dcm").write_bytes(to_bytes(burned))
+    (src / "junk.txt").write_bytes(b"hello")
+    return src
+
+
+def test_cli_writes_and_summarises(tmp_path, env_key, capsys) -> None:
+    src, out = _corpus(tmp_path), tmp_path / "out"
+    assert main([str(src), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["written"] == 1 and summary["files"] == 3
+    assert summary["held_back_by_reason"] == {"burned_in_annotation": 1, "unparseable": 1}
+    assert len(list(out.glob("2.25.*.dcm"))) == 1
+    assert "burned_in_annotation" in capsys.readouterr().out
+    assert main([str(src), "--out", str(out), "--strict"]) == 3
+
+
+def test_cli_exit_codes(tmp_path, env_key, monkeypatch) -> None:
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"nope")
+    assert main([str(junk), "--out", str(tmp_path / "o")]) == 1
+    monkeypatch.delenv("SMARTBOX_PSEUDONYM_KEY")
+    assert main([str(junk), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_cli_reads_trust_file(tmp_path, env_key) -> None:
+    trusts = tmp_path / "trusts"
+    trusts.mkdir()
+    (trusts / "RX1.toml").write_text(
+        'code = "RX1"\nnhs_number_attribute = "OtherPatientIDs"\n'
+        '[deidentification]\noptions = ["retain_longitudinal_full_dates"]\n'
+    )
+    src = tmp_path / "in.dcm"
+    src.write_bytes(to_bytes(ct_dataset()))
+    out = tmp_path / "out"
+    assert main([str(src), "--out", str(out), "--trust", "RX1", "--trusts-dir", str(trusts)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["trust"] == "RX1"
+    assert summary["options"] == ["retain_longitudinal_full_dates"]
+    assert summary["nhs_number_fallbacks"] == 1  # PatientID holds it, not OtherPatientIDs
+    assert main([str(src), "--out", str(out), "--trust", "NOPE", "--trusts-dir", str(trusts)]) == 2
