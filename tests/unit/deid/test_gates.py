@@ -128,7 +128,7 @@ def test_own_pseudonym_never_trips_the_pattern_gate() -> None:
     """32 hex digits can contain a phone- or NHS-number-like run; that is not a leak."""
     import io
 
-    from consumers.deid import DeidPolicy, Deidentifier, PseudonymKey
+    from consumers.deid import Deidentifier, DeidPolicy, PseudonymKey
     from consumers.deid.verify import pattern_kind
     from smartbox.synthetic import make_ct_study
 
