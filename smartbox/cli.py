@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from .config import Settings, load_all_trusts, load_trust
+    from .config import Settings, load_all_trusts, load_trust, with_deployment_options
     from .keys import RegionalKey
 
     if args.command == "demo":
@@ -198,7 +198,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "anonymise":
         from consumers.anonymiser import Anonymiser, Buckets
 
-        trusts = load_all_trusts(settings.trusts_dir)
+        trusts = with_deployment_options(load_all_trusts(settings.trusts_dir), settings)
         key = RegionalKey.from_env()
         rt = runtime.start("anonymiser", settings, metrics_port=args.metrics_port)
         rt.bus.declare()

@@ -17,7 +17,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,8 @@ class TrustConfig:
     spool_high_water_bytes: int = 50 * 1024**3
     max_pdu: int = 131072
     deid_options: frozenset[str] = DEFAULT_DEID_OPTIONS
+    #: False when the trust file names no options: the deployment default applies
+    deid_options_explicit: bool = False
     tls: TlsConfig | None = None
 
     def caller_allowed(self, calling_ae: str, address: str | None) -> tuple[bool, str]:
@@ -197,6 +199,7 @@ def parse_trust(path: Path, raw: Mapping[str, Any]) -> TrustConfig:
         spool_high_water_bytes=int(high_water),
         max_pdu=int(max_pdu),
         deid_options=options,
+        deid_options_explicit="options" in deid,
         tls=_parse_tls(path, raw.get("tls")),
     )
 
@@ -294,6 +297,7 @@ class Settings:
     export_schedule: str
     export_timezone: str
     prefetch: int
+    deid_options: frozenset[str] = DEFAULT_DEID_OPTIONS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -337,6 +341,15 @@ class Settings:
         prefetch_raw = get("SMARTBOX_PREFETCH", "4")
         if not prefetch_raw.isdigit() or not 1 <= int(prefetch_raw) <= 1000:
             raise ConfigError("environment: SMARTBOX_PREFETCH: an integer 1-1000")
+        raw_options = env.get("SMARTBOX_DEID_OPTIONS")
+        deid_options = DEFAULT_DEID_OPTIONS
+        if raw_options is not None:
+            deid_options = frozenset(o.strip() for o in raw_options.split(",") if o.strip())
+            unknown = sorted(deid_options - KNOWN_DEID_OPTIONS)
+            if unknown:
+                raise ConfigError(
+                    f"environment: SMARTBOX_DEID_OPTIONS: unknown option {unknown[0]!r}"
+                )
         return cls(
             amqp_url=get("SMARTBOX_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"),
             namespace=namespace,
@@ -351,6 +364,7 @@ class Settings:
             export_schedule=get("SMARTBOX_EXPORT_SCHEDULE", "0 1 * * *"),
             export_timezone=get("SMARTBOX_EXPORT_TIMEZONE", "Europe/London"),
             prefetch=int(prefetch_raw),
+            deid_options=deid_options,
         )
 
 
@@ -373,3 +387,13 @@ def read_env_file(path: Path) -> dict[str, str]:
             value = value[1:-1]
         values[key.strip()] = value
     return values
+
+
+def with_deployment_options(
+    trusts: dict[str, TrustConfig], settings: Settings
+) -> dict[str, TrustConfig]:
+    """Trusts whose file names no profile options get the deployment's (SMARTBOX_DEID_OPTIONS)."""
+    return {
+        code: t if t.deid_options_explicit else replace(t, deid_options=settings.deid_options)
+        for code, t in trusts.items()
+    }

@@ -121,3 +121,17 @@ def test_key_required_and_hidden(tmp_path: Path) -> None:
     assert "0123456789abcdef" not in repr(k)
     assert k.opaque_id("x", "1") == RegionalKey(k.secret).opaque_id("x", "1")
     assert k.opaque_id("x", "1") != k.opaque_id("y", "1")
+
+
+def test_deployment_default_options_apply_only_where_trust_is_silent(tmp_path: Path) -> None:
+    from smartbox.config import with_deployment_options
+
+    write(tmp_path, "RTK", GOOD)
+    explicit = GOOD.replace('"RTK"', '"RGT"').replace("11112", "11113")
+    write(tmp_path, "RGT", explicit + '\n[deidentification]\noptions = ["clean_descriptors"]\n')
+    settings = Settings.from_env({"SMARTBOX_DEID_OPTIONS": "retain_uids, retain_safe_private"})
+    trusts = with_deployment_options(load_all_trusts(tmp_path), settings)
+    assert trusts["RTK"].deid_options == {"retain_uids", "retain_safe_private"}
+    assert trusts["RGT"].deid_options == {"clean_descriptors"}
+    with pytest.raises(ConfigError, match="SMARTBOX_DEID_OPTIONS"):
+        Settings.from_env({"SMARTBOX_DEID_OPTIONS": "retain_everything"})
