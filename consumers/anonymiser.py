@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -23,10 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import schemas
+from consumers.deid import Deidentifier, DeidPolicy, PseudonymKey
 from smartbox import __version__, metrics
 from smartbox.bus import Bus
-from smartbox.config import TrustConfig
-from smartbox.errors import PermanentError
+from smartbox.config import TrustConfig, TrustRegistry
+from smartbox.errors import ConfigError, PermanentError
 from smartbox.keys import RegionalKey
 from smartbox.store import ObjectStore, get_json, put_json
 
@@ -63,33 +65,42 @@ class Anonymiser:
         store: ObjectStore,
         bus: Bus,
         key: RegionalKey,
-        trusts: dict[str, TrustConfig],
+        trusts: TrustRegistry | dict[str, TrustConfig],
         buckets: Buckets = Buckets(),
         *,
         workers: int = 4,
     ) -> None:
-        from consumers.deid import Deidentifier, DeidPolicy, PseudonymKey
-
         self.store = store
         self.bus = bus
         self.key = key
-        self.trusts = trusts
+        self.trusts = (
+            trusts if isinstance(trusts, TrustRegistry) else TrustRegistry(None, static=trusts)
+        )
         self.buckets = buckets
         self.producer = schemas.producer_name("anonymiser")
-        pkey = PseudonymKey(secret=key.secret, version=key.version)
-        self._engines = {
-            code: Deidentifier(
-                pkey,
-                DeidPolicy(
-                    trust_code=code,
-                    nhs_number_attribute=t.nhs_number_attribute,
-                    options=frozenset(t.deid_options),
-                ),
-            )
-            for code, t in trusts.items()
-        }
+        self._pkey = PseudonymKey(secret=key.secret, version=key.version)
+        self._engines: dict[str, tuple[TrustConfig, Deidentifier]] = {}
+        self._lock = threading.Lock()
         self._ready = False
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="deid")
+
+    def engine_for(self, code: str) -> tuple[TrustConfig, Deidentifier]:
+        """The trust's de-identifier, rebuilt when its trust file changed."""
+        try:
+            trust = self.trusts.get(code)
+        except ConfigError as exc:
+            raise PermanentError(f"anonymiser: {exc}") from None
+        with self._lock:
+            cached = self._engines.get(code)
+            if cached is None or cached[0] is not trust:
+                policy = DeidPolicy(
+                    trust_code=code,
+                    nhs_number_attribute=trust.nhs_number_attribute,
+                    options=frozenset(trust.deid_options),
+                )
+                cached = (trust, Deidentifier(self._pkey, policy))
+                self._engines[code] = cached
+            return cached
 
     def _one(
         self, engine: Any, code: str, bucket: str, entry: dict[str, Any]
@@ -121,9 +132,7 @@ class Anonymiser:
     def handle(self, message: dict[str, Any]) -> None:
         started = time.monotonic()
         code = message["trust"]
-        engine = self._engines.get(code)
-        if engine is None:
-            raise PermanentError(f"no trust file for {code} at the anonymiser")
+        trust, engine = self.engine_for(code)
         if not self._ready:
             self.store.ensure_bucket(self.buckets.staging)
             self._ready = True
@@ -163,7 +172,7 @@ class Anonymiser:
                 "amendment": body["amendment"],
                 "instances": staged,
                 "held_back": held,
-                "deidentification": describe_profile(self.trusts[code]),
+                "deidentification": describe_profile(trust),
                 "key_version": self.key.version,
                 "code_version": __version__,
             },

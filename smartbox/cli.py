@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from .config import Settings, load_all_trusts, load_trust, with_deployment_options
+    from .config import Settings, TrustRegistry, load_all_trusts, load_trust
     from .keys import RegionalKey
 
     if args.command == "demo":
@@ -198,7 +198,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "anonymise":
         from consumers.anonymiser import Anonymiser, Buckets
 
-        trusts = with_deployment_options(load_all_trusts(settings.trusts_dir), settings)
+        load_all_trusts(settings.trusts_dir)  # fail fast on any invalid trust file
+        trusts = TrustRegistry(settings.trusts_dir, default_options=settings.deid_options)
         key = RegionalKey.from_env()
         rt = runtime.start("anonymiser", settings, metrics_port=args.metrics_port)
         rt.bus.declare()

@@ -389,11 +389,42 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def with_deployment_options(
-    trusts: dict[str, TrustConfig], settings: Settings
-) -> dict[str, TrustConfig]:
-    """Trusts whose file names no profile options get the deployment's (SMARTBOX_DEID_OPTIONS)."""
-    return {
-        code: t if t.deid_options_explicit else replace(t, deid_options=settings.deid_options)
-        for code, t in trusts.items()
-    }
+class TrustRegistry:
+    """Trust files read on demand and re-read when they change.
+
+    Consumers serve every trust, so a new trust (a new file) or a changed profile must take
+    effect without restarting them: ``get`` looks the file up by code and re-validates it
+    when its modification time changes.
+    """
+
+    def __init__(
+        self,
+        trusts_dir: Path | None,
+        *,
+        default_options: frozenset[str] = DEFAULT_DEID_OPTIONS,
+        static: dict[str, TrustConfig] | None = None,
+    ) -> None:
+        self.trusts_dir = trusts_dir
+        self.default_options = default_options
+        self._static = dict(static or {})
+        self._cache: dict[str, tuple[float, TrustConfig]] = {}
+
+    def get(self, code: str) -> TrustConfig:
+        """The trust's current configuration; ConfigError if it has no valid file."""
+        if code in self._static:
+            return self._static[code]
+        if self.trusts_dir is None or not TRUST_CODE_RE.match(code):
+            raise ConfigError(f"no trust configuration for {code}")
+        path = self.trusts_dir / f"{code}.toml"
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            raise ConfigError(f"no trust file for {code} ({path})") from None
+        cached = self._cache.get(code)
+        if cached and cached[0] == mtime:
+            return cached[1]
+        trust = load_trust_file(path)
+        if not trust.deid_options_explicit:
+            trust = replace(trust, deid_options=self.default_options)
+        self._cache[code] = (mtime, trust)
+        return trust

@@ -111,3 +111,31 @@ def test_two_trusts_end_to_end(pipeline: Pipeline, tmp_path: Path) -> None:
     assert p.metric("receiver-RTK", "smartbox_instances_received_total", trust="RGT") == 0
     for role in ("anonymiser", "exporter", "national.ingest"):
         assert p.queue_messages(role, dlq=True) == []
+
+
+def test_adding_a_trust_restarts_nothing_else(pipeline: Pipeline, tmp_path: Path) -> None:
+    """A new trust is its file plus its receiver: the running consumers pick it up."""
+    p = pipeline
+    p.add_trust("RTK")
+    p.start_all()
+    before = {name: proc.popen.pid for name, proc in p.procs.items()}
+
+    p.add_trust("RGT")
+    p.start("receiver-RGT", "receive", "--trust", "RGT")
+    study = make_ct_study(300, series=1, per_series=3)
+    files = study.write(tmp_path / "send")
+    result = p.storescu("RGT", files)
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: pending_instances(p, "RGT") == 3, 120, "RGT staged")
+    assert p.run_cli("export", "--now").returncode == 0
+    wait_for(
+        lambda: p.metric("ingest", "smartbox_instances_ingested_total", trust="RGT") == 3,
+        120,
+        "RGT ingested",
+    )
+    # the processes that were running before are the same processes, still running
+    for name, pid in before.items():
+        assert p.procs[name].popen.pid == pid and p.procs[name].popen.poll() is None, name
+    # and the existing trust's receiver never saw the new trust's traffic
+    assert p.metric("receiver-RTK", "smartbox_instances_received_total", trust="RGT") == 0
+    assert p.metric("receiver-RTK", "smartbox_associations_total", trust="RTK") == 0

@@ -123,15 +123,25 @@ def test_key_required_and_hidden(tmp_path: Path) -> None:
     assert k.opaque_id("x", "1") != k.opaque_id("y", "1")
 
 
-def test_deployment_default_options_apply_only_where_trust_is_silent(tmp_path: Path) -> None:
-    from smartbox.config import with_deployment_options
+def test_registry_applies_deployment_options_and_reloads(tmp_path: Path) -> None:
+    import os
+
+    from smartbox.config import TrustRegistry
 
     write(tmp_path, "RTK", GOOD)
-    explicit = GOOD.replace('"RTK"', '"RGT"').replace("11112", "11113")
-    write(tmp_path, "RGT", explicit + '\n[deidentification]\noptions = ["clean_descriptors"]\n')
     settings = Settings.from_env({"SMARTBOX_DEID_OPTIONS": "retain_uids, retain_safe_private"})
-    trusts = with_deployment_options(load_all_trusts(tmp_path), settings)
-    assert trusts["RTK"].deid_options == {"retain_uids", "retain_safe_private"}
-    assert trusts["RGT"].deid_options == {"clean_descriptors"}
+    registry = TrustRegistry(tmp_path, default_options=settings.deid_options)
+    assert registry.get("RTK").deid_options == {"retain_uids", "retain_safe_private"}
+    assert registry.get("RTK") is registry.get("RTK")  # cached while unchanged
+    with pytest.raises(ConfigError, match="no trust file for RGT"):
+        registry.get("RGT")
+    explicit = GOOD.replace('"RTK"', '"RGT"').replace("11112", "11113")
+    path = write(
+        tmp_path, "RGT", explicit + '\n[deidentification]\noptions = ["clean_descriptors"]\n'
+    )
+    assert registry.get("RGT").deid_options == {"clean_descriptors"}  # a new trust, no restart
+    path.write_text(explicit.replace("quiet_seconds = 30", "quiet_seconds = 90"))
+    os.utime(path, (1, 1))
+    assert registry.get("RGT").quiet_seconds == 90  # a changed file is re-read
     with pytest.raises(ConfigError, match="SMARTBOX_DEID_OPTIONS"):
         Settings.from_env({"SMARTBOX_DEID_OPTIONS": "retain_everything"})
