@@ -36,6 +36,13 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class _Outcome:
+    study_uid: str | None
+    reason: str | None
+    nhs_number_valid: bool
+
+
+@dataclass(frozen=True)
 class Buckets:
     quarantine: str = "quarantine"
     staging: str = "staging"
@@ -104,20 +111,25 @@ class Anonymiser:
 
     def _one(
         self, engine: Any, code: str, bucket: str, entry: dict[str, Any]
-    ) -> tuple[Any, dict[str, Any] | None]:
-        """De-identify and stage one instance; (result, manifest entry or None if held back)."""
+    ) -> tuple[_Outcome, dict[str, Any] | None]:
+        """De-identify and stage one instance: its outcome and manifest entry (None: held back).
+
+        Only the small outcome is kept, not the bytes: a 2,000-instance study must not sit in
+        memory while the batch finishes.
+        """
         raw = self.store.get_bytes(bucket, entry["key"])
         if hashlib.sha256(raw).hexdigest() != entry["sha256"]:
             raise PermanentError("quarantine object does not match its recorded sha256")
         result = engine.process(raw)
+        outcome = _Outcome(result.study_uid, result.reason, result.nhs_number_valid)
         if not result.ok or result.data is None:
-            return result, None
+            return outcome, None
         digest = hashlib.sha256(result.data).hexdigest()
         # a new version of an instance (same UID, other bytes) is a new object, never an
         # overwrite: every manifest entry keeps matching its object
         obj_key = f"{code}/{result.study_uid}/{result.sop_instance_uid}-{digest[:16]}.dcm"
         self.store.put_bytes(self.buckets.staging, obj_key, result.data)
-        return result, {
+        return outcome, {
             "key": obj_key,
             "sha256": digest,
             "size": len(result.data),
