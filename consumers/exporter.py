@@ -146,9 +146,12 @@ class Exporter:
             for code in sorted(pending):
                 try:
                     self._export_trust(code, pending[code], summary)
-                except TransientError as exc:
+                except (TransientError, PermanentError) as exc:
+                    # one trust's failure must not hold back the others; its records stay
+                    # pending (a permanent one also raises SmartboxExportFailed every pass)
+                    kind = "transient" if isinstance(exc, TransientError) else "permanent"
                     summary.failed_trusts.append(code)
-                    metrics.FAILURES.labels(code, "export", "transient").inc()
+                    metrics.FAILURES.labels(code, "export", kind).inc()
                     log.error("%s: export failed, stays pending: %s", code, exc)
             if summary.failed_trusts:
                 metrics.EXPORT_BATCHES.labels("failed").inc()
