@@ -48,9 +48,15 @@ class RabbitBus:
     """The production bus."""
 
     def __init__(
-        self, url: str, topology: Topology | None = None, *, validate_on_publish: bool = True
+        self,
+        url: str,
+        topology: Topology | None = None,
+        *,
+        validate_on_publish: bool = True,
+        heartbeat: int = 30,
     ) -> None:
         self.url = url
+        self.heartbeat = heartbeat
         self.topology = topology or Topology()
         self.validate_on_publish = validate_on_publish
         self._local = threading.local()
@@ -59,7 +65,9 @@ class RabbitBus:
 
     def _connect(self) -> pika.BlockingConnection:
         try:
-            return pika.BlockingConnection(connection_parameters(self.url))
+            return pika.BlockingConnection(
+                connection_parameters(self.url, heartbeat=self.heartbeat)
+            )
         except _CONN_ERRORS as exc:
             raise TransientError(f"RabbitMQ unavailable ({type(exc).__name__})") from exc
 

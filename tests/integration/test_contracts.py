@@ -209,3 +209,29 @@ def test_rabbitmq_unreachable_is_transient() -> None:
     with pytest.raises(TransientError):
         b.publish(arrived())
     assert not b.ping()
+
+
+def test_long_work_keeps_the_connection_alive(rabbitmq_url: str, namespace: str) -> None:
+    """Work far longer than the heartbeat runs off the connection thread: one delivery, one ack."""
+    bus = RabbitBus(rabbitmq_url, Topology(namespace), heartbeat=1)
+    bus.declare()
+    bus.publish(arrived())
+    calls: list[float] = []
+
+    def slow(msg: dict) -> None:
+        calls.append(time.monotonic())
+        time.sleep(6)  # six heartbeat intervals
+
+    stop, t = consume_in_thread(bus, "anonymiser", slow, prefetch=1)
+    try:
+        wait_for(lambda: calls, 20, "the delivery")
+        time.sleep(8)
+    finally:
+        stop.set()
+        t.join(15)
+    assert len(calls) == 1, "the message was redelivered: the connection dropped mid-work"
+    conn = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    depth = conn.channel().queue_declare(f"{namespace}.anonymiser", passive=True)
+    conn.close()
+    assert depth.method.message_count == 0
+    bus.close()
