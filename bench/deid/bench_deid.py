@@ -1,13 +1,17 @@
 """Benchmark: smartbox de-identification vs dicognito on the same CT instances.
 
-    .venv/bin/python bench/deid/bench_deid.py [--n 200] [--rounds 3] \
-        [--dicognito-python /tmp/bench-venv/bin/python]
+    .venv/bin/python bench/deid/bench_deid.py [--n 200] [--rounds 3] [--workers 1,2] \
+        [--dicognito-python /tmp/bench-venv/bin/python] [--markdown]
 
 Generates N ~0.5 MB CT instances (512x512x16 bit, ~100 attributes, private blocks, nested
 sequences) once, then runs each tool ROUNDS times, alternating, one process per run, one
 core each, file in -> file out (read + de-identify + write; ours includes both gates).
 Prints files/s per run, the medians and the ratio; --markdown appends a table for
 RESULTS.md.
+
+--workers 1,2 then runs ours in a process pool of each size (one ``Deidentifier`` per
+worker process, files handed out in chunks of 8; the clock starts once every worker is up),
+alternating the sizes ROUNDS times, to show how throughput scales with cores.
 """
 
 from __future__ import annotations
@@ -41,6 +45,40 @@ for f in files:
     else:
         held += 1
 print(len(files) / (time.perf_counter() - t0), held)
+"""
+
+POOL = """
+import sys, time
+from multiprocessing import Pool
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from consumers.deid import Deidentifier, DeidPolicy, PseudonymKey
+DST = Path(sys.argv[2])
+deid = None
+
+def init():
+    global deid
+    deid = Deidentifier(PseudonymKey(b"bench-secret-0123456789", "k1"),
+                        DeidPolicy(trust_code="RTK"))
+
+def ready(_):
+    return deid is not None
+
+def work(path):
+    r = deid.process(path.read_bytes())
+    if r.ok:
+        (DST / path.name).write_bytes(r.data)
+    return r.ok
+
+if __name__ == "__main__":
+    files = sorted(Path(sys.argv[1]).glob("*.dcm"))
+    workers = int(sys.argv[4])
+    with Pool(workers, initializer=init) as pool:
+        assert all(pool.map(ready, range(workers * 4), chunksize=1))
+        t0 = time.perf_counter()
+        ok = pool.map(work, files, chunksize=8)
+        rate = len(files) / (time.perf_counter() - t0)
+    print(rate, len(files) - sum(ok))
 """
 
 DICOGNITO = """
@@ -128,13 +166,42 @@ def make_corpus(directory: Path, n: int) -> None:
         ds.save_as(directory / f"ct{i:04d}.dcm", enforce_file_format=True)
 
 
-def run(python: str, code: str, src: Path, dst: Path) -> tuple[float, int]:
+def run(python: str, code: str, src: Path, dst: Path, *extra: str) -> tuple[float, int]:
     for f in dst.glob("*"):
         f.unlink()
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    out = subprocess.run([python, "-c", code, str(src), str(dst), str(ROOT)], env=env,
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [python, "-c", code, str(src), str(dst), str(ROOT), *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return float(out[0]), int(out[1])
+
+
+def run_pool(src: Path, dst: Path, sizes: list[int], rounds: int, markdown: bool) -> None:
+    """Ours in a process pool of each size, alternating with the plain one-process run (same
+    time window, so the same machine noise); medians and speed-up over the smallest pool."""
+    rates: dict[str, list[float]] = {"1 process, no pool": []}
+    rates.update({f"pool of {n}": [] for n in sizes})
+    for r in range(rounds):
+        rate, held = run(sys.executable, OURS, src, dst)
+        rates["1 process, no pool"].append(rate)
+        print(f"round {r + 1}: smartbox, 1 process, no pool {rate:7.1f} files/s (held {held})")
+        for n in sizes:
+            rate, held = run(sys.executable, POOL, src, dst, str(n))
+            rates[f"pool of {n}"].append(rate)
+            print(f"round {r + 1}: smartbox, pool of {n} {rate:7.1f} files/s (held {held})")
+    base = statistics.median(rates[f"pool of {sizes[0]}"])
+    for name, values in rates.items():
+        med = statistics.median(values)
+        print(f"median: {name} {med:.1f} files/s, x{med / base:.2f} vs pool of {sizes[0]}")
+        if markdown:
+            print(
+                f"| {time.strftime('%Y-%m-%d')} | {name} | {med:.0f} | {med / base:.2f}x | "
+                f"{', '.join(f'{x:.0f}' for x in values)} |"
+            )
 
 
 def main() -> int:
@@ -143,6 +210,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--dicognito-python", default="/tmp/bench-venv/bin/python")
     p.add_argument("--markdown", action="store_true")
+    p.add_argument("--workers", default="", help="e.g. 1,2: also run ours in process pools")
+    p.add_argument("--skip-dicognito", action="store_true", help="only the pool runs")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp, "in"), Path(tmp, "out")
@@ -150,6 +219,11 @@ def main() -> int:
         dst.mkdir()
         make_corpus(src, args.n)
         size = sum(f.stat().st_size for f in src.glob("*.dcm")) / args.n / 1e6
+        if args.workers:
+            sizes = [int(x) for x in args.workers.split(",")]
+            run_pool(src, dst, sizes, args.rounds, args.markdown)
+        if args.skip_dicognito:
+            return 0
         ours, theirs = [], []
         for r in range(args.rounds):
             rate, held = run(sys.executable, OURS, src, dst)
@@ -159,14 +233,18 @@ def main() -> int:
             theirs.append(rate)
             print(f"round {r + 1}: dicognito {rate:7.1f} files/s")
         mo, mt = statistics.median(ours), statistics.median(theirs)
-        print(f"median: smartbox {mo:.1f} files/s, dicognito {mt:.1f} files/s, "
-              f"ratio {mo / mt:.2f}x  ({args.n} files of {size:.2f} MB, "
-              f"{os.cpu_count()} cores, {platform.python_version()})")
+        print(
+            f"median: smartbox {mo:.1f} files/s, dicognito {mt:.1f} files/s, "
+            f"ratio {mo / mt:.2f}x  ({args.n} files of {size:.2f} MB, "
+            f"{os.cpu_count()} cores, {platform.python_version()})"
+        )
         if args.markdown:
-            print(f"| {time.strftime('%Y-%m-%d')} | {args.n} x {size:.2f} MB CT | "
-                  f"{mo:.0f} | {mt:.0f} | {mo / mt:.2f}x | "
-                  f"{', '.join(f'{x:.0f}' for x in ours)} / "
-                  f"{', '.join(f'{x:.0f}' for x in theirs)} |")
+            print(
+                f"| {time.strftime('%Y-%m-%d')} | {args.n} x {size:.2f} MB CT | "
+                f"{mo:.0f} | {mt:.0f} | {mo / mt:.2f}x | "
+                f"{', '.join(f'{x:.0f}' for x in ours)} / "
+                f"{', '.join(f'{x:.0f}' for x in theirs)} |"
+            )
     return 0
 
 

@@ -13,8 +13,10 @@ from .config import (
     OPTION_COLUMNS,
     DeidConfigError,
     DeidPolicy,
+    MaskRect,
     MaskRule,
     PseudonymKey,
+    mask_rules_from_toml,
 )
 from .deidentifier import Deidentifier, DeidResult
 from .pseudonyms import nhs_number_valid
@@ -29,7 +31,9 @@ __all__ = [
     "DeidPolicy",
     "DeidResult",
     "Deidentifier",
+    "MaskRect",
     "MaskRule",
     "PseudonymKey",
+    "mask_rules_from_toml",
     "nhs_number_valid",
 ]

@@ -20,7 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .config import DEFAULT_OPTIONS, DeidConfigError, DeidPolicy, PseudonymKey
+from .config import (
+    DEFAULT_OPTIONS,
+    DeidConfigError,
+    DeidPolicy,
+    PseudonymKey,
+    mask_rules_from_toml,
+)
 from .deidentifier import Deidentifier
 from .table import CODE_VERSION, TABLE_EDITION
 
@@ -57,11 +63,19 @@ def policy_for(trust: str | None, trusts_dir: Path) -> DeidPolicy:
     trust_doc = doc.get("trust", doc) if isinstance(doc.get("trust"), dict) else doc
     deid_doc = doc.get("deidentification", {})
     options = deid_doc.get("options")
+    rules = mask_rules_from_toml(
+        deid_doc.get("mask_rules", []), where=f"{path}: deidentification.mask_rules"
+    )
     return DeidPolicy(
         trust_code=str(trust_doc.get("code", trust)),
         nhs_number_attribute=str(trust_doc.get("nhs_number_attribute", "PatientID")),
         options=frozenset(options) if options is not None else DEFAULT_OPTIONS,
         max_date_shift_days=int(deid_doc.get("max_date_shift_days", 365)),
+        mask_rules=rules,
+        ocr=bool(deid_doc.get("ocr", False)),
+        ocr_scope=str(deid_doc.get("ocr_scope", "masked")),
+        ocr_match=str(deid_doc.get("ocr_match", "identifiers")),
+        ocr_max_frames=int(deid_doc.get("ocr_max_frames", 3)),
     )
 
 
@@ -79,16 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         key = PseudonymKey.from_env()
         policy = policy_for(args.trust, args.trusts_dir)
+        deid = Deidentifier(key, policy)
     except DeidConfigError as exc:
         print(f"smartbox deidentify: {exc}", file=sys.stderr)
         return 2
-    deid = Deidentifier(key, policy)
     args.out.mkdir(parents=True, exist_ok=True)
 
     held: Counter[str] = Counter()
     written, read_ok, total = 0, 0, 0
     held_files: list[dict[str, str]] = []
-    nhs_fallbacks = 0
+    nhs_fallbacks = masked = 0
     for path in _files(args.inputs):
         if path.resolve().parent == args.out.resolve():
             continue  # never re-read our own output
@@ -106,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             (args.out / f"{result.sop_instance_uid}.dcm").write_bytes(result.data)
             written += 1
             nhs_fallbacks += not result.nhs_number_valid
+            masked += result.mask_rule is not None
         else:
             reason = result.reason or "unknown"
             held[reason] += 1
@@ -122,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         "held_back": sum(held.values()),
         "held_back_by_reason": dict(sorted(held.items())),
         "nhs_number_fallbacks": nhs_fallbacks,
+        "pixels_masked": masked,
+        "mask_rules": len(policy.mask_rules),
+        "ocr": policy.ocr,
         "held_back_files": held_files,
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")

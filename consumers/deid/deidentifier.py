@@ -1,7 +1,8 @@
 """One instance in, one de-identified instance (or a reason to hold it back) out.
 
-raw bytes -> read -> collect identifiers -> pixel gate -> table walk -> receipts
-          -> write (same transfer syntax, pixels untouched) -> verification gate
+raw bytes -> read -> collect identifiers -> pixel gate (hold back, or mask rule) -> table
+walk -> receipts -> write (same transfer syntax, pixels untouched unless masked)
+-> verification gate -> optional OCR verifier
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
-from . import codec
-from .config import DeidPolicy, PseudonymKey
+from . import codec, ocr
+from .config import DeidConfigError, DeidPolicy, PseudonymKey, tesseract_path
 from .engine import InstanceContext, TableWalker
-from .pixel_gate import pixel_gate
+from .masking import apply_mask
+from .pixel_gate import decide
 from .pseudonyms import Pseudonymiser
 from .receipts import add_receipts
 from .table import compile_table
@@ -34,6 +36,8 @@ class DeidResult:
     modality: str | None = None
     patient_pseudonym: str | None = None
     nhs_number_valid: bool = False
+    #: name of the mask rule whose rectangles were blanked ("" if unnamed), else None
+    mask_rule: str | None = None
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:
@@ -49,11 +53,18 @@ class Deidentifier:
     """PS3.15 Annex E de-identification with keyed pseudonyms and two gates.
 
     Thread-compatible (one per worker thread is cheapest); safe to reuse across instances.
+    Raises ``DeidConfigError`` if the policy enables OCR and ``tesseract`` is not installed.
     """
 
     def __init__(self, key: PseudonymKey, policy: DeidPolicy) -> None:
         self.key = key
         self.policy = policy
+        self._tesseract = tesseract_path() if policy.ocr else None
+        if policy.ocr and self._tesseract is None:
+            raise DeidConfigError(
+                "the policy enables OCR but tesseract is not on PATH "
+                "(apt-get install tesseract-ocr, or set ocr = false)"
+            )
         self._pseudo = Pseudonymiser(key, policy.trust_code, policy.max_date_shift_days)
         self._walker = TableWalker(compile_table(policy.options))
         opts = policy.options
@@ -115,9 +126,15 @@ class Deidentifier:
         if self._retain_uids:
             ids.uids.clear()
 
-        reason = pixel_gate(ds, self.policy)
-        if reason:
-            result.reason = reason
+        decision = decide(ds, self.policy)
+        if decision.mask is not None:
+            reason = apply_mask(ds, decision.mask, ts)
+            if reason:
+                result.reason = reason
+                return result
+            result.mask_rule = decision.mask.name
+        elif decision.reason:
+            result.reason = decision.reason
             return result
 
         ctx = InstanceContext(
@@ -129,16 +146,25 @@ class Deidentifier:
             text_is_identifying=lambda text: ids.search_text(text) is not None,
         )
         self._walker.walk(ds, ctx)
-        add_receipts(ds, self.policy.options, self.key.version, self._date_mode)
+        add_receipts(ds, self.policy.options, self.key.version, self._date_mode, result.mask_rule)
 
-        meta = codec.build_file_meta(ds, ts)
-        encoded = codec.write(ds, meta)
-        kind = verify_output(
-            meta, encoded.scan, encoded.body, encoded.implicit, encoded.little, ids
-        )
+        encoded = codec.write(ds, ts)
+        kind = verify_output(encoded, ids)
         if kind:
             result.reason = f"verification_failed:{kind}"
             return result
+        if self._tesseract and (result.mask_rule is not None or self.policy.ocr_scope == "all"):
+            reason = ocr.check(
+                ds,
+                ts,
+                ids,
+                self.policy.ocr_match,
+                self.policy.ocr_max_frames,
+                self._tesseract,
+            )
+            if reason:
+                result.reason = reason
+                return result
         result.ok = True
         result.data = encoded.data
         return result

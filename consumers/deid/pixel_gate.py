@@ -3,13 +3,18 @@
 Checked on the source instance before anything is written. A held-back instance is never
 staged or exported; it is counted under its reason.
 
-Masking (``DeidPolicy.mask_rules``: blank a known rectangle for a device signature and
-produce the masked output) is a hook only: rules are matched but not applied yet, so an
-instance that would need one is still held back, with reason ``mask_rule_not_implemented``.
-No OCR verifier yet.
+A configured mask rule (``DeidPolicy.mask_rules``) for the instance's device and image size
+turns "hold back" into "blank these rectangles and release" (``masking``), except for
+reasons that rectangles cannot address (recognizable visual features) and instances without
+pixel data to mask (encapsulated documents).
 """
 
 from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 
 from pydicom.dataset import Dataset
 
@@ -46,10 +51,45 @@ RECONSTRUCTION_VALUES = frozenset(
         "LOCALIZER",
     }
 )
+#: Reasons a mask rule cannot lift: rectangles do not remove a face.
+UNMASKABLE = frozenset({"recognizable_visual_features"})
 
-#: (manufacturer, model) of devices known to burn text into every image, upper-case.
-#: Empty until a trust reports one; extend per deployment.
-BURN_IN_DEVICES: frozenset[tuple[str, str]] = frozenset()
+
+@dataclass(frozen=True)
+class DeviceSignature:
+    """A device known to burn in text (``data/burned_in_devices.json``)."""
+
+    manufacturer: str  # upper-case substring; "" = any
+    model: str  # upper-case substring; "" = any
+    modality: str | None = None
+    rows: int | None = None
+    columns: int | None = None
+
+    def matches(self, maker: str, model: str, modality: str, rows: object, cols: object) -> bool:
+        return (
+            self.manufacturer in maker
+            and self.model in model
+            and (self.modality is None or self.modality == modality)
+            and (self.rows is None or self.rows == rows)
+            and (self.columns is None or self.columns == cols)
+        )
+
+
+@cache
+def burn_in_devices() -> tuple[DeviceSignature, ...]:
+    """The shipped device signatures (source and matching rules in ``data/README.md``)."""
+    text = resources.files(__package__).joinpath("data", "burned_in_devices.json")
+    doc = json.loads(text.read_text("utf-8"))
+    return tuple(
+        DeviceSignature(
+            manufacturer=d.get("manufacturer", "").strip().upper(),
+            model=d.get("model", "").strip().upper(),
+            modality=d.get("modality"),
+            rows=d.get("rows"),
+            columns=d.get("columns"),
+        )
+        for d in doc["devices"]
+    )
 
 
 def _upper(ds: Dataset, keyword: str) -> str:
@@ -58,24 +98,40 @@ def _upper(ds: Dataset, keyword: str) -> str:
 
 
 def matching_mask_rule(ds: Dataset, rules: tuple[MaskRule, ...]) -> MaskRule | None:
-    """The configured mask rule for this instance's device and image size, if any."""
+    """The first configured mask rule for this instance's device and image size, if any."""
+    if not rules:
+        return None
     maker, model = _upper(ds, "Manufacturer"), _upper(ds, "ManufacturerModelName")
     rows, cols = ds.get("Rows"), ds.get("Columns")
+    modality, sop_class = _upper(ds, "Modality"), str(ds.get("SOPClassUID", ""))
     for rule in rules:
-        if (rule.manufacturer.upper(), rule.model.upper()) == (maker, model) and (
-            rule.rows,
-            rule.columns,
-        ) == (rows, cols):
+        if rule.matches(maker, model, rows, cols, modality, sop_class):
             return rule
     return None
 
 
-def pixel_gate(ds: Dataset, policy: DeidPolicy) -> str | None:
-    """Reason to hold back `ds` because of what its pixels may show, else None."""
+@dataclass(frozen=True)
+class GateDecision:
+    """``reason``: why the pixels may identify (None: nothing known); ``mask``: the rule to
+    apply instead of holding back (None: hold back if there is a reason)."""
+
+    reason: str | None
+    mask: MaskRule | None = None
+
+
+def decide(ds: Dataset, policy: DeidPolicy) -> GateDecision:
+    """What to do about `ds`'s pixels: release, mask (then release), or hold back."""
     reason = _reason(ds)
-    if reason and matching_mask_rule(ds, policy.mask_rules) is not None:
-        return "mask_rule_not_implemented"
-    return reason
+    if reason in UNMASKABLE:
+        return GateDecision(reason)
+    rule = matching_mask_rule(ds, policy.mask_rules)
+    return GateDecision(reason, rule)
+
+
+def pixel_gate(ds: Dataset, policy: DeidPolicy) -> str | None:
+    """Reason to hold back `ds` with no mask applied, else None (``decide`` for masking)."""
+    decision = decide(ds, policy)
+    return None if decision.mask is not None else decision.reason
 
 
 def _reason(ds: Dataset) -> str | None:
@@ -84,7 +140,8 @@ def _reason(ds: Dataset) -> str | None:
         return "burned_in_annotation"
     if _upper(ds, "RecognizableVisualFeatures") == "YES":
         return "recognizable_visual_features"
-    if _upper(ds, "Modality") in HELD_MODALITIES:
+    modality = _upper(ds, "Modality")
+    if modality in HELD_MODALITIES:
         return "modality_not_allowed"
     sop_class = str(ds.get("SOPClassUID", ""))
     if any(
@@ -106,7 +163,8 @@ def _reason(ds: Dataset) -> str | None:
             return "image_type_dose_report"
         if "SECONDARY" in values[1:2] and not RECONSTRUCTION_VALUES.intersection(values[2:]):
             return "image_type_secondary"
-    device = (_upper(ds, "Manufacturer"), _upper(ds, "ManufacturerModelName"))
-    if device in BURN_IN_DEVICES:
+    maker, model = _upper(ds, "Manufacturer"), _upper(ds, "ManufacturerModelName")
+    rows, cols = ds.get("Rows"), ds.get("Columns")
+    if any(d.matches(maker, model, modality, rows, cols) for d in burn_in_devices()):
         return "device_burns_in_text"
     return None

@@ -63,3 +63,43 @@ def test_cli_reads_trust_file(tmp_path, env_key) -> None:
     assert summary["options"] == ["retain_longitudinal_full_dates"]
     assert summary["nhs_number_fallbacks"] == 1  # PatientID holds it, not OtherPatientIDs
     assert main([str(src), "--out", str(out), "--trust", "NOPE", "--trusts-dir", str(trusts)]) == 2
+
+
+def test_cli_applies_mask_rules_from_trust_file(tmp_path, env_key) -> None:
+    trusts = tmp_path / "trusts"
+    trusts.mkdir()
+    (trusts / "RX2.toml").write_text(
+        'code = "RX2"\n'
+        "[[deidentification.mask_rules]]\n"
+        'name = "acme"\nmanufacturer = "ACME Medical"\nmodel = "Sono 1"\nmodality = "US"\n'
+        "rows = 16\ncolumns = 16\nrectangles = [[0, 0, 16, 4]]\n"
+    )
+    ds = ct_dataset()
+    ds.Modality, ds.ManufacturerModelName = "US", "Sono 1"
+    src = tmp_path / "in.dcm"
+    src.write_bytes(to_bytes(ds))
+    out = tmp_path / "out"
+    args = [str(src), "--out", str(out), "--trust", "RX2", "--trusts-dir", str(trusts)]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["written"] == 1 and summary["pixels_masked"] == 1
+    (trusts / "RX2.toml").write_text(
+        'code = "RX2"\n[[deidentification.mask_rules]]\nmanufacturer = "ACME"\n'
+    )
+    assert main(args) == 2  # model, rows, ... missing: a configuration error, named
+
+
+def test_cli_ocr_without_tesseract_is_a_configuration_error(
+    tmp_path, env_key, monkeypatch, capsys
+) -> None:
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    trusts = tmp_path / "trusts"
+    trusts.mkdir()
+    (trusts / "RX3.toml").write_text('code = "RX3"\n[deidentification]\nocr = true\n')
+    src = tmp_path / "in.dcm"
+    src.write_bytes(to_bytes(ct_dataset()))
+    args = [str(src), "--out", str(tmp_path / "o"), "--trust", "RX3", "--trusts-dir", str(trusts)]
+    assert main(args) == 2
+    assert "tesseract" in capsys.readouterr().err

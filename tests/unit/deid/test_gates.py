@@ -10,7 +10,7 @@ from conftest import ct_dataset, to_bytes
 from pydicom.data import get_charset_files
 from pydicom.uid import CTImageStorage, SecondaryCaptureImageStorage
 
-from consumers.deid import Deidentifier, DeidPolicy, MaskRule
+from consumers.deid import Deidentifier, DeidPolicy
 from consumers.deid.verify import Identifiers
 
 
@@ -52,14 +52,6 @@ def test_pixel_gate_lets_through(change, deid: Deidentifier) -> None:
     for kw, value in change.items():
         setattr(ds, kw, value)
     assert deid.process(to_bytes(ds)).ok
-
-
-def test_mask_rule_hook_holds_back_until_implemented(key) -> None:
-    rule = MaskRule("ACME MEDICAL", "", 16, 16, 0, 0, 4, 16)
-    deid = Deidentifier(key, DeidPolicy(trust_code="RTK", mask_rules=(rule,)))
-    ds = ct_dataset()
-    ds.BurnedInAnnotation = "YES"
-    assert deid.process(to_bytes(ds)).reason == "mask_rule_not_implemented"
 
 
 CHARSET_FILES = [

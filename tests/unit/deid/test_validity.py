@@ -89,3 +89,25 @@ def test_pixel_bytes_identical_in_file(deid: Deidentifier) -> None:
     multi = to_bytes(ct_dataset(frames=4))
     out = deid.process(multi)
     assert out.ok and pydicom.dcmread(io.BytesIO(multi)).PixelData in out.data
+
+
+def test_dciodvfy_no_new_errors_after_masking(tmp_path) -> None:
+    """A masked ultrasound cine (pixel data rewritten, receipts added) stays as valid as
+    it came in."""
+    if DCIODVFY is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("dciodvfy (dicom3tools) is required in CI")
+        pytest.skip("dciodvfy (dicom3tools) not installed: apt-get install dicom3tools")
+    from conftest import KEY
+    from test_masking import rule, us_dataset
+
+    from consumers.deid import DeidPolicy
+
+    raw = to_bytes(us_dataset())
+    result = Deidentifier(KEY, DeidPolicy(trust_code="RTK", mask_rules=(rule(),))).process(raw)
+    assert result.ok and result.mask_rule, result.reason
+    src, out = tmp_path / "in.dcm", tmp_path / "out.dcm"
+    src.write_bytes(raw)
+    out.write_bytes(result.data)
+    new = _errors(out) - _errors(src)
+    assert not new, "new dciodvfy errors after masking:\n" + "\n".join(sorted(new))
