@@ -104,6 +104,10 @@ class Anonymiser:
                     trust_code=code,
                     nhs_number_attribute=trust.nhs_number_attribute,
                     options=frozenset(trust.deid_options),
+                    mask_rules=tuple(trust.deid_mask_rules),
+                    ocr=trust.deid_ocr,
+                    ocr_scope=trust.deid_ocr_scope,
+                    ocr_match=trust.deid_ocr_match,
                 )
                 cached = (trust, Deidentifier(self._pkey, policy))
                 self._engines[code] = cached

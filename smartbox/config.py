@@ -77,7 +77,14 @@ class TrustConfig:
     deid_options: frozenset[str] = DEFAULT_DEID_OPTIONS
     #: False when the trust file names no options: the deployment default applies
     deid_options_explicit: bool = False
+    #: consumers.deid MaskRule objects: pixel regions to blank for known devices
+    deid_mask_rules: tuple[Any, ...] = ()
+    deid_ocr: bool = False
+    deid_ocr_scope: str = "masked"
+    deid_ocr_match: str = "identifiers"
     tls: TlsConfig | None = None
+    workers: int | None = None  # SCP worker processes; None: one per CPU (max 4); 0: in-process
+    max_associations: int = 32  # concurrent associations per SCP worker process
 
     def caller_allowed(self, calling_ae: str, address: str | None) -> tuple[bool, str]:
         """Whether a calling AE title (and source address) may associate; and why not."""
@@ -108,6 +115,8 @@ _TRUST_KEYS = {
     "max_pdu",
     "deidentification",
     "tls",
+    "workers",
+    "max_associations",
 }
 
 
@@ -178,12 +187,38 @@ def parse_trust(path: Path, raw: Mapping[str, Any]) -> TrustConfig:
     high_water = _number(path, raw, "spool_high_water_bytes", 50 * 1024**3, 1024**2, 2**60)
     max_pdu = _number(path, raw, "max_pdu", 131072, 0, 2**32 - 1)
     deid = raw.get("deidentification", {})
-    if not isinstance(deid, dict) or set(deid) - {"options"}:
-        raise _fail(path, "deidentification", "a table with only 'options'")
+    deid_keys = {"options", "mask_rules", "ocr", "ocr_scope", "ocr_match"}
+    if not isinstance(deid, dict) or set(deid) - deid_keys:
+        raise _fail(path, "deidentification", f"a table with only {sorted(deid_keys)}")
+    mask_rules: tuple[Any, ...] = ()
+    if "mask_rules" in deid:
+        from consumers.deid.config import DeidConfigError, mask_rules_from_toml
+
+        try:
+            mask_rules = mask_rules_from_toml(deid["mask_rules"])
+        except DeidConfigError as exc:
+            raise ConfigError(f"{path}: field {exc}") from None
+    ocr = deid.get("ocr", False)
+    if not isinstance(ocr, bool):
+        raise _fail(path, "deidentification.ocr", "true or false")
+    ocr_scope = deid.get("ocr_scope", "masked")
+    if ocr_scope not in ("masked", "all"):
+        raise _fail(path, "deidentification.ocr_scope", "'masked' or 'all'")
+    ocr_match = deid.get("ocr_match", "identifiers")
+    if ocr_match not in ("identifiers", "any_text"):
+        raise _fail(path, "deidentification.ocr_match", "'identifiers' or 'any_text'")
     options = frozenset(_str_list(path, deid, "options", sorted(DEFAULT_DEID_OPTIONS)))
     bad = sorted(options - KNOWN_DEID_OPTIONS)
     if bad:
         raise _fail(path, "deidentification.options", f"unknown option {bad[0]!r}")
+    workers = raw.get("workers")
+    if workers is not None and (
+        isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 64
+    ):
+        raise _fail(path, "workers", "an integer 0-64 (0: SCP inside the receiver process)")
+    max_assoc = _number(path, raw, "max_associations", 32, 1, 1000)
+    if not float(max_assoc).is_integer():
+        raise _fail(path, "max_associations", "an integer 1-1000")
     return TrustConfig(
         code=code,
         name=_str(path, raw, "name"),
@@ -200,7 +235,13 @@ def parse_trust(path: Path, raw: Mapping[str, Any]) -> TrustConfig:
         max_pdu=int(max_pdu),
         deid_options=options,
         deid_options_explicit="options" in deid,
+        deid_mask_rules=mask_rules,
+        deid_ocr=ocr,
+        deid_ocr_scope=ocr_scope,
+        deid_ocr_match=ocr_match,
         tls=_parse_tls(path, raw.get("tls")),
+        workers=workers,
+        max_associations=int(max_assoc),
     )
 
 

@@ -145,3 +145,22 @@ def test_registry_applies_deployment_options_and_reloads(tmp_path: Path) -> None
     assert registry.get("RGT").quiet_seconds == 90  # a changed file is re-read
     with pytest.raises(ConfigError, match="SMARTBOX_DEID_OPTIONS"):
         Settings.from_env({"SMARTBOX_DEID_OPTIONS": "retain_everything"})
+
+
+def test_mask_rules_and_ocr_from_the_trust_file(tmp_path: Path) -> None:
+    rule = (
+        '\n[deidentification]\nocr = true\nocr_scope = "all"\n'
+        '[[deidentification.mask_rules]]\nmanufacturer = "ACME"\nmodel = "Scan 1"\n'
+        "rows = 480\ncolumns = 640\nrectangles = [[0, 0, 640, 40]]\n"
+    )
+    write(tmp_path, "RTK", GOOD + rule)
+    t = load_trust(tmp_path, "RTK")
+    assert t.deid_ocr and t.deid_ocr_scope == "all"
+    assert len(t.deid_mask_rules) == 1 and t.deid_mask_rules[0].rows == 480
+    assert not t.deid_options_explicit
+    write(tmp_path, "RTK", GOOD + rule.replace("rows = 480", "rows = 0"))
+    with pytest.raises(ConfigError, match=r"RTK.toml: field deidentification.mask_rules\[0\].rows"):
+        load_trust(tmp_path, "RTK")
+    write(tmp_path, "RTK", GOOD + '\n[deidentification]\nocr = "yes"\n')
+    with pytest.raises(ConfigError, match="'deidentification.ocr'"):
+        load_trust(tmp_path, "RTK")
