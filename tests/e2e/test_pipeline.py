@@ -98,6 +98,11 @@ def test_two_trusts_end_to_end(pipeline: Pipeline, tmp_path: Path) -> None:
         assert value not in logs, "a planted identifier reached a log"
         assert value not in json.dumps(receipts)
 
+    # nor any secret
+    from helpers.pipeline import KEY
+
+    assert KEY not in logs and p.s3.secret_key not in logs
+
     # metrics count them per trust, at every stage
     for code, count in sent.items():
         assert (
