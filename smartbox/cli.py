@@ -144,11 +144,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env()
     if args.command == "check-config":
-        trusts = load_all_trusts(settings.trusts_dir)
+        all_trusts = load_all_trusts(settings.trusts_dir)
         RegionalKey.from_env()
-        for t in trusts.values():
+        for t in all_trusts.values():
             print(f"{t.code}: {t.name}: AE {t.ae_title} port {t.port} ({t.source_file})")
-        print(f"{len(trusts)} trust(s) valid; key present")
+        print(f"{len(all_trusts)} trust(s) valid; key present")
         return 0
 
     if args.command == "dlq":
@@ -168,8 +168,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         verb = "would purge" if args.dry_run else "purged"
         print(f"{verb} {report.purged_batches} batches ({report.purged_objects} objects)")
-        for key in report.unprocessed_old:
-            print(f"not processed, past retention (kept): {key}", file=sys.stderr)
+        for batch_key in report.unprocessed_old:
+            print(f"not processed, past retention (kept): {batch_key}", file=sys.stderr)
         return 0
 
     from . import runtime
