@@ -177,7 +177,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "receive":
         trust = load_trust(settings.trusts_dir, args.trust)
         key = RegionalKey.from_env()
-        rt = runtime.start(f"receiver-{trust.code}", settings, metrics_port=args.metrics_port)
+        # metrics after the DICOM port: /healthz answering means the receiver takes C-STORE
+        rt = runtime.start(f"receiver-{trust.code}", settings, metrics_port=None)
         from producers.receiver import ReceiverService
 
         service = ReceiverService(
@@ -189,10 +190,15 @@ def _dispatch(args: argparse.Namespace) -> int:
             quarantine_bucket=settings.quarantine_bucket,
         )
         service.start(rt.stop)
-        if rt.metrics_server:
-            rt.metrics_server.health.add_check("relay", lambda: service.relay.healthy)
+        server = None
+        if args.metrics_port is not None:
+            server = runtime.serve_metrics(rt, args.metrics_port)
+            server.health.add_check("relay", lambda: service.relay.healthy)
+            server.health.add_check("scp", service.scp_alive)
         rt.stop.wait()
         service.stop()
+        if server:
+            server.stop()
         return 0
 
     if args.command == "anonymise":

@@ -54,6 +54,11 @@ INSTANCES_PUBLISHED = Counter(
 )
 SPOOL_BYTES = Gauge("smartbox_spool_bytes", "Bytes held in the receiver spool", ["trust"])
 SPOOL_FILES = Gauge("smartbox_spool_files", "Files held in the receiver spool", ["trust"])
+SPOOL_HIGH_WATER = Gauge(
+    "smartbox_spool_high_water_bytes",
+    "Spool size at which the receiver answers C-STORE with 0xA700 (spool_high_water_bytes)",
+    ["trust"],
+)
 OLDEST_UNPUBLISHED = Gauge(
     "smartbox_oldest_unpublished_age_seconds",
     "Age of the oldest received instance not yet announced in study.arrived",

@@ -50,15 +50,26 @@ def start(
     bus = RabbitBus(settings.amqp_url, Topology(settings.namespace))
     store = S3Store(settings.s3)
     stop = threading.Event()
-    server = None
+    rt = Runtime(settings, bus, store, stop, None)
     if metrics_port is not None:
-        server = metrics.MetricsServer(metrics_host, metrics_port).start()
-        server.health.add_check("bus", bus.ping)
-        server.health.add_check("object_store", store.ping)
-        log.info("%s: metrics on http://%s:%d/metrics", role, metrics_host, server.port)
+        serve_metrics(rt, metrics_port, metrics_host)
     if install_signals:
         install_stop_signals(stop)
-    return Runtime(settings, bus, store, stop, server)
+    return rt
+
+
+def serve_metrics(
+    rt: Runtime,
+    port: int,
+    host: str = "0.0.0.0",  # noqa: S104 - Prometheus scrapes from outside the host
+) -> metrics.MetricsServer:
+    """Serve /metrics, /healthz and /readyz (bus and object store checks) for ``rt``."""
+    server = metrics.MetricsServer(host, port).start()
+    server.health.add_check("bus", rt.bus.ping)
+    server.health.add_check("object_store", rt.store.ping)
+    log.info("metrics on http://%s:%d/metrics", host, server.port)
+    rt.metrics_server = server
+    return server
 
 
 def install_stop_signals(stop: threading.Event, on_stop: Callable[[], None] | None = None) -> None:

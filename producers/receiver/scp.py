@@ -1,20 +1,28 @@
-"""The DICOM side of the receiver: a pynetdicom SCP for one trust (C-ECHO, C-STORE).
+"""One trust's storage SCP: who may associate, what we store, and what each C-STORE is
+answered. The protocol itself is in ``ul.py`` (upper layer) and ``dimse.py`` (messages).
 
-Failures become DICOM status codes here; the handler never raises. An instance is answered
-Success only after ``Spool.write`` returned, i.e. the bytes as received
-(``event.encoded_dataset()``, never re-encoded) and the ledger row are fsync'd.
+Failures become DICOM status codes here; ``store`` never raises. An instance is answered
+Success only after ``Spool.accept`` returned: the bytes as received (never decoded, never
+re-encoded) are fdatasync'd, renamed into place, the directory fsync'd and the ledger row
+committed. Access control (source address, called and calling AE title) happens when the
+A-ASSOCIATE-RQ arrives, with the matching A-ASSOCIATE-RJ reason; TLS, when configured, before.
+
+The listening socket is made by the caller (``ReceiverService``) and may be shared by several
+worker processes (pre-fork): each runs one ``StoreSCP`` that accepts from it.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import logging
 import re
-from typing import Any
+import socket
+import ssl
+from pathlib import Path
+from typing import Any, cast
 
 from pydicom.uid import (
     JPEG2000,
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -28,24 +36,29 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, evt
-from pynetdicom.presentation import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.presentation import (
+    AllStoragePresentationContexts,
+    PresentationContext,
+    build_context,
+)
 
 from smartbox import metrics
-from smartbox.config import TrustConfig
+from smartbox.config import TlsConfig, TrustConfig
 from smartbox.keys import RegionalKey
 
-from .spool import Spool
+from . import intake
+from .dimse import Command
+from .intake import SpoolTempFile
+from .listener import Listener
+from .spool import Spool, SpoolFull
 
 log = logging.getLogger(__name__)
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC210
-PROCESSING_FAILURE = 0x0110
-# Explicit VR Little Endian first: with both offered, the first we list wins (see MEASUREMENTS.md)
+VERIFICATION = "1.2.840.10008.1.1"
+# Explicit VR Little Endian first: with both offered in one context, the first we list wins
 TRANSFER_SYNTAXES = [
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -61,7 +74,24 @@ TRANSFER_SYNTAXES = [
     JPEG2000,
     RLELossless,
 ]
+# reason -> A-ASSOCIATE-RJ (result, source, diagnostic): permanent, by the service user (PS3.8
+# 9.3.4); an address outside allowed_networks has no reason of its own: "no reason given"
+REJECTIONS = {
+    "source_address": (0x01, 0x01, 0x01),
+    "called_ae": (0x01, 0x01, 0x07),
+    "calling_ae": (0x01, 0x01, 0x03),
+}
 _MODALITY_RE = re.compile(r"^[A-Z0-9_]{1,16}$")
+
+
+def supported_contexts() -> list[PresentationContext]:
+    """Every standard storage SOP class with our transfer syntaxes, and Verification."""
+    syntaxes: list[str | UID] = list(TRANSFER_SYNTAXES)
+    contexts = [
+        build_context(cast(UID, cx.abstract_syntax), syntaxes)
+        for cx in AllStoragePresentationContexts
+    ]
+    return [*contexts, build_context(VERIFICATION)]
 
 
 def study_key_for(key: RegionalKey, trust: str, study_uid: str) -> str:
@@ -72,103 +102,162 @@ def instance_key_for(key: RegionalKey, trust: str, sop_uid: str) -> str:
     return key.opaque_id("instance-key", f"{trust}:{sop_uid}")
 
 
+def tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    """Server-side TLS (1.2 or later); client certificates required if ``verify_client``."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=tls.ca_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    ctx.verify_mode = ssl.CERT_REQUIRED if tls.verify_client else ssl.CERT_NONE
+    return ctx
+
+
 class StoreSCP:
-    """One trust's DICOM listener."""
+    """One trust's DICOM listener (in one process)."""
 
     def __init__(self, trust: TrustConfig, spool: Spool, key: RegionalKey) -> None:
         self.trust = trust
         self.spool = spool
         self.key = key
-        self.ae = AE(ae_title=trust.ae_title)
-        self.ae.maximum_pdu_size = trust.max_pdu
-        self.ae.require_called_aet = True
-        if "*" not in trust.allowed_callers:
-            self.ae.require_calling_aet = list(trust.allowed_callers)
-        self.ae.network_timeout = 60
-        self.ae.dimse_timeout = 60
-        self.ae.acse_timeout = 30
-        self.ae.maximum_associations = 32
-        for cx in AllStoragePresentationContexts:
-            self.ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
-        self.ae.add_supported_context(Verification)
-        self.server: ThreadedAssociationServer | None = None
-        self._spool_bytes = 0
+        self.max_pdu = trust.max_pdu
+        self.supported = supported_contexts()
+        self.server: Listener | None = None
+        self._study_keys: dict[str, str] = {}
 
-    def start(self) -> tuple[str, int]:
-        handlers = [
-            (evt.EVT_C_STORE, self.handle_store),
-            (evt.EVT_C_ECHO, self.handle_echo),
-            (evt.EVT_ACCEPTED, self._on_accepted),
-            (evt.EVT_REJECTED, self._on_rejected),
-        ]
-        self.server = self.ae.start_server(
-            (self.trust.bind_host, self.trust.port), block=False, evt_handlers=handlers
+    def start(self, listen_socket: socket.socket) -> tuple[str, int]:
+        """Serve associations accepted from ``listen_socket`` (already listening)."""
+        self.server = Listener(
+            listen_socket,
+            self,
+            max_associations=self.trust.max_associations,
+            tls=tls_context(self.trust.tls) if self.trust.tls else None,
+            tls_failed=self.tls_failed,
         )
-        host, port = self.server.server_address[:2]
+        self.server.start(f"scp-{self.trust.code}")
+        host, port = listen_socket.getsockname()[:2]
         return str(host), int(port)
 
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-        self.ae.shutdown()
+    def active_associations(self) -> int:
+        return self.server.active() if self.server else 0
 
-    # --- handlers (association threads) -------------------------------------------------
-    def _on_accepted(self, event: Any) -> None:
+    def stop_accepting(self) -> None:
+        if self.server is not None:
+            self.server.stop_accepting()
+
+    def stop(self, grace_seconds: float = 0.0) -> None:
+        """Stop accepting; let associations in progress finish for ``grace_seconds``."""
+        if self.server is not None:
+            self.server.stop_accepting()
+            self.server.drain(grace_seconds)
+
+    # --- association events (association threads) ------------------------------------------
+    def screen(self, rq: Any, address: str) -> tuple[int, int, int] | None:
+        """None to accept, else the A-ASSOCIATE-RJ (result, source, diagnostic)."""
+        called = str(rq.called_ae_title).strip()
+        calling = str(rq.calling_ae_title).strip()
+        allowed, why = self.trust.caller_allowed(calling, address)
+        if not allowed and why == "source_address":
+            reason = "source_address"
+        elif called != self.trust.ae_title:
+            reason = "called_ae"
+        elif not allowed:
+            reason = "calling_ae"
+        else:
+            return None
+        self.rejected(reason)
+        log.warning(
+            "%s: association from %s rejected (%s): calling AE %r, called AE %r",
+            self.trust.code,
+            address,
+            reason,
+            calling,
+            called,
+        )
+        return REJECTIONS[reason]
+
+    def accepted(self) -> None:
         metrics.ASSOCIATIONS.labels(self.trust.code, "accepted").inc()
 
-    def _on_rejected(self, event: Any) -> None:
-        metrics.ASSOCIATIONS.labels(self.trust.code, "rejected_calling_ae").inc()
-        log.warning("%s: association rejected: calling AE not allowed", self.trust.code)
+    def rejected(self, reason: str) -> None:
+        metrics.ASSOCIATIONS.labels(self.trust.code, f"rejected_{reason}").inc()
 
-    def handle_echo(self, event: Any) -> int:
-        return SUCCESS
+    def tls_failed(self, address: str, exc: OSError) -> None:
+        self.rejected("tls")
+        log.warning(
+            "%s: TLS handshake from %s failed: %s", self.trust.code, address, type(exc).__name__
+        )
 
-    def handle_store(self, event: Any) -> int:
-        status = self._store(event)
+    def new_file(self) -> SpoolTempFile:
+        return SpoolTempFile(self.spool.tmp)
+
+    # --- C-STORE (association threads) ---------------------------------------------------
+    def store(self, command: Command, received: SpoolTempFile) -> int:
+        """Keep one received instance durably; the C-STORE status. Never raises."""
+        try:
+            status = self._store(command, received)
+        except Exception:  # noqa: BLE001 - the SCP must answer, never raise
+            metrics.FAILURES.labels(self.trust.code, "receive", "unexpected").inc()
+            log.exception("%s: C-STORE failed unexpectedly", self.trust.code)
+            status = OUT_OF_RESOURCES
         metrics.CSTORE_STATUS.labels(self.trust.code, f"0x{status:04X}").inc()
         return status
 
-    def _store(self, event: Any) -> int:
+    def _store(self, command: Command, received: SpoolTempFile) -> int:
         code = self.trust.code
-        try:
-            ds = event.dataset
-            study_uid = str(ds.StudyInstanceUID)
-            sop_uid = str(event.request.AffectedSOPInstanceUID)
-            modality = str(ds.get("Modality", "") or "OT").upper()
-        except Exception:  # noqa: BLE001 - any decode failure is the sender's dataset
+        if received.error is not None:
+            return self._disk_failure(received.error)
+        header = intake.read_header(
+            received.head, received.name, whole=received.size <= intake.HEAD_BYTES
+        )
+        if header is None or not command.sop_instance:
             metrics.FAILURES.labels(code, "receive", "undecodable").inc()
             log.warning("%s: C-STORE refused: dataset cannot be decoded", code)
             return CANNOT_UNDERSTAND
-        if not study_uid or not sop_uid:
-            metrics.FAILURES.labels(code, "receive", "missing_uid").inc()
-            return CANNOT_UNDERSTAND
-        if not _MODALITY_RE.match(modality):
-            modality = "OT"
+        digest = received.sha256
+        instance_key = instance_key_for(self.key, code, command.sop_instance)
+        if self.spool.is_duplicate(instance_key, digest):
+            metrics.DUPLICATES.labels(code, "identical").inc()
+            return SUCCESS
+        modality = header.modality if _MODALITY_RE.match(header.modality) else "OT"
         try:
-            data = event.encoded_dataset()
-            digest = hashlib.sha256(data).hexdigest()
-            study_key = study_key_for(self.key, code, study_uid)
-            instance_key = instance_key_for(self.key, code, sop_uid)
-            if self.spool.is_duplicate(instance_key, digest):
-                metrics.DUPLICATES.labels(code, "identical").inc()
-                return SUCCESS
-            files, size, _ = self.spool.pending_stats()
-            if size + len(data) > self.trust.spool_high_water_bytes:
-                metrics.FAILURES.labels(code, "receive", "spool_full").inc()
-                log.error("%s: spool at high-water mark (%d files); refusing", code, files)
-                return OUT_OF_RESOURCES
-            if self.spool.has_other_version(instance_key, digest):
-                metrics.DUPLICATES.labels(code, "new_version").inc()
-            self.spool.write(study_key, instance_key, digest, data, modality)
+            high_water = self.trust.spool_high_water_bytes
+            if self.spool.pending_bytes() + received.size > high_water:
+                raise SpoolFull("high-water mark reached")
+            received.sync()
+            new_version = self.spool.has_other_version(instance_key, digest)
+            fresh = self.spool.accept(
+                Path(received.name),
+                study_key=self._study_key(header.study_uid),
+                instance_key=instance_key,
+                sha256=digest,
+                size=received.size,
+                modality=modality,
+                high_water=high_water,
+            )
+            received.adopted = True
+        except SpoolFull as exc:
+            metrics.FAILURES.labels(code, "receive", "spool_full").inc()
+            log.error("%s: spool at its high-water mark (%s): refusing", code, exc)
+            return OUT_OF_RESOURCES
         except OSError as exc:
-            metrics.FAILURES.labels(code, "receive", "disk").inc()
-            log.error("%s: spool write failed: %s", code, errno.errorcode.get(exc.errno or 0, "?"))
-            return OUT_OF_RESOURCES
-        except Exception:  # noqa: BLE001 - the handler must answer, never raise
-            metrics.FAILURES.labels(code, "receive", "unexpected").inc()
-            log.exception("%s: C-STORE failed unexpectedly", code)
-            return OUT_OF_RESOURCES
+            return self._disk_failure(exc)
+        if not fresh:
+            metrics.DUPLICATES.labels(code, "identical").inc()
+            return SUCCESS
+        if new_version:
+            metrics.DUPLICATES.labels(code, "new_version").inc()
         metrics.INSTANCES_RECEIVED.labels(code).inc()
-        metrics.BYTES_RECEIVED.labels(code).inc(len(data))
+        metrics.BYTES_RECEIVED.labels(code).inc(received.size)
         return SUCCESS
+
+    def _study_key(self, study_uid: str) -> str:
+        key = self._study_keys.get(study_uid)
+        if key is None:
+            if len(self._study_keys) >= 4096:
+                self._study_keys.clear()
+            key = self._study_keys[study_uid] = study_key_for(self.key, self.trust.code, study_uid)
+        return key
+
+    def _disk_failure(self, exc: OSError) -> int:
+        metrics.FAILURES.labels(self.trust.code, "receive", "disk").inc()
+        log.error("%s: spool write failed: %s", self.trust.code, exc.strerror or exc)
+        return OUT_OF_RESOURCES

@@ -1,14 +1,22 @@
 """The receiver's spool: instances on local disk plus a SQLite ledger (WAL), both durable
 before the C-STORE is answered.
 
-Ledger states of an instance: ``spooled`` (on disk, acknowledged to the sender) ->
-``batched`` (assigned to a batch of its study) -> ``uploaded`` (in quarantine) ->
-``published`` (its batch's study.arrived confirmed; spool file deleted). A crash at any point
-leaves rows that the relay resumes from; nothing is forgotten.
+Layout under the spool root: ``tmp/`` (datasets being received), ``instances/<study_key>/``
+(accepted instances) and ``ledger.sqlite3``. Several SCP worker processes and the relay share
+the ledger (SQLite serialises writers across processes; every write is one short
+``BEGIN IMMEDIATE`` transaction).
+
+Ledger states of an instance: ``spooled`` (on disk, acknowledged to the sender) -> ``batched``
+(assigned to a batch of its study) -> ``uploaded`` (in quarantine) -> ``published`` (its
+batch's study.arrived confirmed; spool file deleted). ``lost`` marks a row whose file vanished
+(a disk fault): it is counted and logged, never silently dropped. A crash at any point leaves
+rows that the relay resumes from; nothing is forgotten. The ``totals`` row keeps the bytes and
+files not yet published, so the high-water check costs one indexed read, not a table scan.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -20,6 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from smartbox.store import fsync_dir
+
+from .recovery import PENDING, SpoolRecovery
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -36,6 +48,8 @@ CREATE TABLE IF NOT EXISTS instances (
     UNIQUE (instance_key, sha256)
 );
 CREATE INDEX IF NOT EXISTS instances_state ON instances (state, study_key);
+CREATE INDEX IF NOT EXISTS instances_state_age ON instances (state, received_at);
+CREATE INDEX IF NOT EXISTS instances_batch ON instances (batch_id);
 CREATE TABLE IF NOT EXISTS batches (
     batch_id TEXT PRIMARY KEY,
     study_key TEXT NOT NULL,
@@ -43,12 +57,25 @@ CREATE TABLE IF NOT EXISTS batches (
     amendment INTEGER NOT NULL,
     state TEXT NOT NULL DEFAULT 'open'
 );
+CREATE INDEX IF NOT EXISTS batches_study ON batches (study_key);
 CREATE TABLE IF NOT EXISTS studies (
     study_key TEXT PRIMARY KEY,
     first_received_at REAL NOT NULL,
     announced INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS totals (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    files INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO totals (id, files, bytes)
+    SELECT 1, COUNT(*), COALESCE(SUM(size), 0) FROM instances
+    WHERE state IN ('spooled', 'batched', 'uploaded');
 """
+
+
+class SpoolFull(Exception):
+    """Accepting the instance would take the spool past its high-water mark."""
 
 
 @dataclass(frozen=True)
@@ -63,20 +90,30 @@ class SpooledInstance:
     received_at: float
 
 
-class Spool:
+class Spool(SpoolRecovery):
     """Durable intake for one trust: files under ``root`` and ``root/ledger.sqlite3``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, durable_commits: bool = True) -> None:
         self.root = root
         self.files = root / "instances"
-        self.files.mkdir(parents=True, exist_ok=True)
+        self.tmp = root / "tmp"
+        for d in (root, self.files, self.tmp):
+            d.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(
-            root / "ledger.sqlite3", check_same_thread=False, isolation_level=None
+            root / "ledger.sqlite3", check_same_thread=False, isolation_level=None, timeout=60
         )
+        self._db.execute("PRAGMA busy_timeout=60000")
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        # FULL: each commit fsyncs the WAL (the relay's state changes). NORMAL for intake: the
+        # instance itself (file fsync, rename, directory fsync) is what must survive a power
+        # cut; a ledger row lost with it is rebuilt from the file by ``recover``.
+        self._db.execute(f"PRAGMA synchronous={'FULL' if durable_commits else 'NORMAL'}")
         self._lock = threading.RLock()
+        with self._tx() as db:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+        self._study_dirs: set[str] = set()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -89,7 +126,7 @@ class Spool:
                 raise
             self._db.execute("COMMIT")
 
-    # --- intake (association threads) ---------------------------------------------------
+    # --- intake (SCP association threads, possibly in several processes) ------------------
     def is_duplicate(self, instance_key: str, sha256: str) -> bool:
         with self._lock:
             row = self._db.execute(
@@ -106,48 +143,70 @@ class Spool:
             ).fetchone()
         return row is not None
 
-    def write(
+    def instance_path(self, study_key: str, instance_key: str, sha256: str) -> Path:
+        return self.files / study_key / f"{instance_key}-{sha256[:16]}.dcm"
+
+    def _study_dir(self, study_key: str) -> Path:
+        directory = self.files / study_key
+        if study_key not in self._study_dirs:
+            try:
+                directory.mkdir()
+                fsync_dir(self.files)  # the new directory's entry must survive a crash too
+            except FileExistsError:
+                pass
+            self._study_dirs.add(study_key)
+        return directory
+
+    def accept(
         self,
+        tmp_path: Path,
+        *,
         study_key: str,
         instance_key: str,
         sha256: str,
-        data: bytes | memoryview,
+        size: int,
         modality: str,
+        high_water: int,
     ) -> bool:
-        """Write, fsync and record one instance. False if it was already recorded."""
-        directory = self.files / study_key
-        directory.mkdir(exist_ok=True)
-        path = directory / f"{instance_key}-{sha256[:16]}.dcm"
-        tmp = directory / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        """Move an fsync'd file from ``tmp/`` into place and record it, durably.
+
+        Returns False if the same bytes were already recorded (a concurrent duplicate).
+        Raises SpoolFull past the high-water mark, OSError on a disk fault.
+        """
+        path = self.instance_path(study_key, instance_key, sha256)
+        directory = self._study_dir(study_key)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        os.replace(tmp, path)
+            os.rename(tmp_path, path)
+        except FileNotFoundError:
+            # the study directory vanished (published and removed meanwhile): recreate it
+            self._study_dirs.discard(study_key)
+            directory = self._study_dir(study_key)
+            os.rename(tmp_path, path)
         fsync_dir(directory)
         now = time.time()
-        with self._tx() as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO instances"
-                " (study_key, instance_key, sha256, size, path, modality, received_at)"
-                " VALUES (?,?,?,?,?,?,?)",
-                (study_key, instance_key, sha256, len(data), str(path), modality, now),
-            )
-            db.execute(
-                "INSERT OR IGNORE INTO studies (study_key, first_received_at) VALUES (?,?)",
-                (study_key, now),
-            )
+        try:
+            with self._tx() as db:
+                files, total = db.execute("SELECT files, bytes FROM totals WHERE id=1").fetchone()
+                if total + size > high_water:
+                    raise SpoolFull(f"{files} files, {total} bytes pending")
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO instances"
+                    " (study_key, instance_key, sha256, size, path, modality, received_at)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    (study_key, instance_key, sha256, size, str(path), modality, now),
+                )
+                if cur.rowcount == 1:
+                    db.execute("UPDATE totals SET files=files+1, bytes=bytes+? WHERE id=1", (size,))
+                    db.execute(
+                        "INSERT OR IGNORE INTO studies (study_key, first_received_at) VALUES (?,?)",
+                        (study_key, now),
+                    )
+        except BaseException:
+            path.unlink(missing_ok=True)  # never acknowledged: the sender keeps its copy
+            raise
         return cur.rowcount == 1
 
-    # --- relay (one thread) -------------------------------------------------------------
+    # --- relay (one thread in the parent process) -----------------------------------------
     def studies_ready(self, quiet_seconds: float, max_wait_seconds: float) -> list[str]:
         """Studies with spooled instances that have been quiet long enough (or waited too long)."""
         now = time.time()
@@ -163,9 +222,16 @@ class Spool:
         ]
 
     def open_batch(self, study_key: str) -> str | None:
-        """Assign a study's spooled instances to a new batch; returns its id (None if none)."""
+        """Assign a study's spooled instances to a new batch; returns its id (None if none).
+
+        A batch is an amendment when the study already has an earlier batch, published or not:
+        only the first batch of a study ever announces it as new.
+        """
         batch_id = uuid.uuid4().hex
         with self._tx() as db:
+            earlier = db.execute(
+                "SELECT 1 FROM batches WHERE study_key=? LIMIT 1", (study_key,)
+            ).fetchone()
             announced = db.execute(
                 "SELECT announced FROM studies WHERE study_key=?", (study_key,)
             ).fetchone()
@@ -176,9 +242,10 @@ class Spool:
             )
             if cur.rowcount == 0:
                 return None
+            amendment = bool(earlier) or bool(announced and announced[0])
             db.execute(
                 "INSERT INTO batches (batch_id, study_key, created_at, amendment) VALUES (?,?,?,?)",
-                (batch_id, study_key, time.time(), 1 if announced and announced[0] else 0),
+                (batch_id, study_key, time.time(), int(amendment)),
             )
         return batch_id
 
@@ -187,7 +254,7 @@ class Spool:
         with self._lock:
             rows = self._db.execute(
                 "SELECT batch_id, study_key, amendment FROM batches WHERE state='open'"
-                " ORDER BY created_at"
+                " ORDER BY created_at, rowid"
             ).fetchall()
         return [(b, s, bool(a)) for b, s, a in rows]
 
@@ -195,32 +262,70 @@ class Spool:
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, study_key, instance_key, sha256, size, path, modality, received_at,"
-                " state FROM instances WHERE batch_id=? ORDER BY id",
+                " state FROM instances WHERE batch_id=? AND state<>'lost' ORDER BY id",
                 (batch_id,),
             ).fetchall()
-        return [(SpooledInstance(*r[:5], Path(r[5]), *r[6:8]), r[8]) for r in rows]
+        return [
+            (SpooledInstance(r[0], r[1], r[2], r[3], r[4], Path(r[5]), r[6], r[7]), r[8])
+            for r in rows
+        ]
 
-    def mark_uploaded(self, instance_id: int) -> None:
+    def mark_uploaded(self, instance_ids: list[int]) -> None:
+        if not instance_ids:
+            return
         with self._tx() as db:
-            db.execute("UPDATE instances SET state='uploaded' WHERE id=?", (instance_id,))
+            db.executemany(
+                "UPDATE instances SET state='uploaded' WHERE id=? AND state='batched'",
+                [(i,) for i in instance_ids],
+            )
 
     def mark_published(self, batch_id: str, study_key: str) -> list[Path]:
         """Record the batch as announced; returns the spool files that may now be deleted."""
         with self._tx() as db:
             db.execute("UPDATE batches SET state='published' WHERE batch_id=?", (batch_id,))
             db.execute("UPDATE studies SET announced=1 WHERE study_key=?", (study_key,))
-            rows = db.execute("SELECT path FROM instances WHERE batch_id=?", (batch_id,)).fetchall()
-            db.execute("UPDATE instances SET state='published' WHERE batch_id=?", (batch_id,))
+            rows = db.execute(
+                "SELECT path, size FROM instances WHERE batch_id=? AND state IN (?,?,?)",
+                (batch_id, *PENDING),
+            ).fetchall()
+            db.execute(
+                "UPDATE instances SET state='published' WHERE batch_id=? AND state IN (?,?,?)",
+                (batch_id, *PENDING),
+            )
+            db.execute(
+                "UPDATE totals SET files=files-?, bytes=bytes-? WHERE id=1",
+                (len(rows), sum(r[1] for r in rows)),
+            )
         return [Path(r[0]) for r in rows]
+
+    def forget_study_dir(self, study_key: str) -> None:
+        """Remove a study's spool directory if it is empty (its last batch was published)."""
+        self._study_dirs.discard(study_key)
+        try:
+            (self.files / study_key).rmdir()
+        except OSError:
+            pass  # more instances of the study are still in the spool
+
+    def pending_bytes(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT bytes FROM totals WHERE id=1").fetchone()[0])
 
     # --- gauges -------------------------------------------------------------------------
     def pending_stats(self) -> tuple[int, int, float | None]:
         """(files, bytes, oldest received_at) of instances not yet published."""
         with self._lock:
-            files, size, oldest = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size),0), MIN(received_at) FROM instances"
-                " WHERE state<>'published'"
-            ).fetchone()
+            files, size = self._db.execute("SELECT files, bytes FROM totals WHERE id=1").fetchone()
+            oldest = min(
+                (
+                    r[0]
+                    for state in PENDING
+                    for r in self._db.execute(
+                        "SELECT MIN(received_at) FROM instances WHERE state=?", (state,)
+                    )
+                    if r[0] is not None
+                ),
+                default=None,
+            )
         return int(files), int(size), oldest
 
     def close(self) -> None:

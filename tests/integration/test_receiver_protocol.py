@@ -1,0 +1,158 @@
+"""The upper layer against peers that misbehave or push limits: what goes on the wire back,
+and that nothing half-received is ever kept."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+from helpers.receiver_env import CALLER, local_receiver, send_files, storescu
+from helpers.util import wait_for
+from pydicom.data import get_testdata_file
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pynetdicom import AE, build_context
+from pynetdicom.dsutils import decode
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+
+from producers.receiver import dimse
+
+CT = Path(get_testdata_file("CT_small.dcm"))
+
+
+def associate_raw(host: str, port: int, called: str) -> socket.socket:
+    """A hand-made A-ASSOCIATE-RQ (CT, explicit VR LE as context 1) over a plain socket."""
+    rq = A_ASSOCIATE()
+    rq.application_context_name = "1.2.840.10008.3.1.1.1"
+    rq.calling_ae_title, rq.called_ae_title = CALLER, called
+    rq.presentation_context_definition_list = [
+        build_context(CTImageStorage, [ExplicitVRLittleEndian])
+    ]
+    rq.presentation_context_definition_list[0].context_id = 1
+    length = MaximumLengthNotification()
+    length.maximum_length_received = 16384
+    rq.user_information = [length]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(rq)
+    sock = socket.create_connection((host, port), 10)
+    sock.sendall(pdu.encode())
+    assert read_pdu(sock)[0] == 0x02  # A-ASSOCIATE-AC
+    return sock
+
+
+def read_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    header = b""
+    while len(header) < 6:
+        chunk = sock.recv(6 - len(header))
+        if not chunk:
+            return -1, b""
+        header += chunk
+    kind, length = struct.unpack(">BxI", header)
+    body = b""
+    while len(body) < length:
+        body += sock.recv(length - len(body))
+    return kind, body
+
+
+def pdv(context: int, control: int, data: bytes) -> bytes:
+    item = struct.pack(">IBB", len(data) + 2, context, control) + data
+    return struct.pack(">BxI", 0x04, len(item)) + item
+
+
+def store_command(message_id: int = 1, sop_class: str = CTImageStorage) -> bytes:
+    """An encoded C-STORE-RQ command set (implicit VR little endian)."""
+
+    def el(element: int, value: bytes) -> bytes:
+        return struct.pack("<HHI", 0, element, len(value)) + value
+
+    def ui(value: str) -> bytes:
+        raw = value.encode()
+        return raw + b"\x00" * (len(raw) % 2)
+
+    body = el(0x0002, ui(sop_class)) + el(0x0100, struct.pack("<H", dimse.C_STORE_RQ))
+    body += el(0x0110, struct.pack("<H", message_id)) + el(0x0700, struct.pack("<H", 0))
+    body += el(0x0800, struct.pack("<H", 0)) + el(0x1000, ui("1.2.3.4.5"))
+    return el(0x0000, struct.pack("<I", len(body))) + body
+
+
+def test_malformed_and_unexpected_pdus_are_aborted(tmp_path: Path) -> None:
+    with local_receiver(tmp_path) as r:
+        for garbage in (b"GET / HTTP/1.1\r\n\r\n", struct.pack(">BxI", 0x04, 8) + b"\x00" * 8):
+            sock = socket.create_connection((r.host, r.port), 10)
+            sock.sendall(garbage)
+            kind, body = read_pdu(sock)
+            assert kind == 0x07 and body[2] == 0x02  # A-ABORT from the service provider
+            sock.close()
+        # a P-DATA on a context that was never accepted
+        sock = associate_raw(r.host, r.port, r.trust.ae_title)
+        sock.sendall(pdv(9, 0x03, b"\x00" * 8))
+        assert read_pdu(sock)[0] == 0x07
+        sock.close()
+        # a PDU larger than the maximum we announced
+        sock = associate_raw(r.host, r.port, r.trust.ae_title)
+        sock.sendall(struct.pack(">BxI", 0x04, r.trust.max_pdu + 1024))
+        assert read_pdu(sock)[0] == 0x07
+        sock.close()
+        assert r.metric("smartbox_instances_received_total") == 0
+
+
+def test_abort_mid_dataset_keeps_nothing(tmp_path: Path) -> None:
+    with local_receiver(tmp_path) as r:
+        sock = associate_raw(r.host, r.port, r.trust.ae_title)
+        sock.sendall(pdv(1, 0x03, store_command()))
+        sock.sendall(pdv(1, 0x00, b"\x08\x00\x60\x00CS\x02\x00CT" * 100))  # not the last fragment
+        time.sleep(0.3)
+        sock.sendall(struct.pack(">BxI", 0x07, 4) + b"\x00\x00\x00\x00")  # A-ABORT
+        sock.close()
+        spool = r.service.spool
+        wait_for(lambda: not list(spool.tmp.iterdir()), 10, "the half-received file removed")
+        assert spool.pending_stats()[0] == 0
+        assert r.metric("smartbox_cstore_status_total", status="0x0000") == 0
+
+
+def test_store_on_the_wrong_sop_class_context_is_refused(tmp_path: Path) -> None:
+    mr = "1.2.840.10008.5.1.4.1.1.4"
+    with local_receiver(tmp_path) as r:
+        sock = associate_raw(r.host, r.port, r.trust.ae_title)  # context 1 is CT
+        sock.sendall(pdv(1, 0x03, store_command(7, mr)))
+        sock.sendall(pdv(1, 0x02, b"\x08\x00\x60\x00CS\x02\x00MR"))
+        kind, body = read_pdu(sock)
+        assert kind == 0x04
+        response = decode(io.BytesIO(body[6:]), True, True)  # pynetdicom's decoder, not ours
+        assert response.CommandField == dimse.C_STORE_RSP
+        assert response.MessageIDBeingRespondedTo == 7
+        assert response.Status == 0x0122  # SOP class not supported on this context
+        sock.sendall(struct.pack(">BxI", 0x05, 4) + b"\x00" * 4)  # A-RELEASE-RQ
+        assert read_pdu(sock)[0] == 0x06  # A-RELEASE-RP
+        sock.close()
+
+
+def test_echo_and_the_association_limit(tmp_path: Path, dcmtk: dict[str, str]) -> None:
+    with local_receiver(tmp_path, max_associations=1) as r:
+        echo = subprocess.run(
+            [dcmtk["echoscu"], "-aet", CALLER, "-aec", r.trust.ae_title, r.host, str(r.port)],
+            env=dict(os.environ, TCP_NODELAY="1"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert echo.returncode == 0, echo.stderr
+        ae = AE(ae_title=CALLER)
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        held = ae.associate(r.host, r.port, ae_title=r.trust.ae_title)
+        try:
+            assert held.is_established
+            busy = send_files(r.host, r.port, r.trust.ae_title, [CT])
+            assert (busy.established, busy.reject) == (False, (2, 3, 2))
+            assert r.metric("smartbox_associations_total", result="rejected_busy") == 1
+        finally:
+            held.release()
+            ae.shutdown()
+        wait_for(lambda: r.service.scp.active_associations() == 0, 10, "the held one released")
+        assert storescu(r.host, r.port, r.trust.ae_title, [CT]).returncode == 0
+        assert r.metric("smartbox_instances_received_total") == 1

@@ -1,0 +1,54 @@
+"""Receiver fields of a trust file: SCP worker processes and associations per worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from smartbox.config import load_trust
+from smartbox.errors import ConfigError
+
+BASE = """
+code = "RTK"
+name = "Ashford and St Peter's Hospitals"
+ae_title = "SMARTBOX_RTK"
+port = 11112
+allowed_callers = ["RTK_PACS"]
+"""
+
+
+def load(tmp_path: Path, extra: str = ""):
+    (tmp_path / "RTK.toml").write_text(BASE + extra)
+    return load_trust(tmp_path, "RTK")
+
+
+def test_defaults_leave_the_worker_count_to_the_receiver(tmp_path: Path) -> None:
+    trust = load(tmp_path)
+    assert trust.workers is None
+    assert trust.max_associations == 32
+
+
+def test_receiver_fields_are_read(tmp_path: Path) -> None:
+    trust = load(tmp_path, "workers = 0\nmax_associations = 8\nspool_high_water_bytes = 3145728\n")
+    assert (trust.workers, trust.max_associations, trust.spool_high_water_bytes) == (0, 8, 3145728)
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ("workers = -1", "workers"),
+        ("workers = 65", "workers"),
+        ('workers = "four"', "workers"),
+        ("workers = true", "workers"),
+        ("workers = 2.5", "workers"),
+        ("max_associations = 0", "max_associations"),
+        ("max_associations = 1.5", "max_associations"),
+        ("spool_high_water_bytes = 10", "spool_high_water_bytes"),
+    ],
+)
+def test_bad_receiver_field_is_named(tmp_path: Path, extra: str, field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(tmp_path, extra + "\n")
+    assert str(tmp_path / "RTK.toml") in str(err.value)
+    assert f"'{field}'" in str(err.value)
