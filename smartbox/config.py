@@ -28,20 +28,22 @@ AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII exc
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
-KNOWN_DEID_OPTIONS = frozenset(
-    {
-        "retain_safe_private",
-        "retain_uids",
-        "retain_device_identity",
-        "retain_institution_identity",
-        "retain_patient_characteristics",
-        "retain_longitudinal_full_dates",
-        "retain_longitudinal_modified_dates",
-        "clean_descriptors",
-        "clean_structured_content",
-        "clean_graphics",
-    }
+#: The ten option columns of PS3.15 Table E.1-1 (as named in the Annex E table data)
+DEID_OPTION_COLUMNS: tuple[str, ...] = (
+    "retain_safe_private",
+    "retain_uids",
+    "retain_device_identity",
+    "retain_institution_identity",
+    "retain_patient_characteristics",
+    "retain_longitudinal_full_dates",
+    "retain_longitudinal_modified_dates",
+    "clean_descriptors",
+    "clean_structured_content",
+    "clean_graphics",
 )
+KNOWN_DEID_OPTIONS = frozenset(DEID_OPTION_COLUMNS)
+#: Basic Profile + Retain Longitudinal Temporal Information with Modified Dates
+#: + Retain Patient Characteristics
 DEFAULT_DEID_OPTIONS = frozenset(
     {"retain_longitudinal_modified_dates", "retain_patient_characteristics"}
 )

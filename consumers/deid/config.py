@@ -14,25 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: The ten option columns of PS3.15 Table E.1-1, as named in ``data/annex_e_table.json``.
-OPTION_COLUMNS: tuple[str, ...] = (
-    "retain_safe_private",
-    "retain_uids",
-    "retain_device_identity",
-    "retain_institution_identity",
-    "retain_patient_characteristics",
-    "retain_longitudinal_full_dates",
-    "retain_longitudinal_modified_dates",
-    "clean_descriptors",
-    "clean_structured_content",
-    "clean_graphics",
-)
+from smartbox.config import DEFAULT_DEID_OPTIONS, DEID_OPTION_COLUMNS
 
-#: Basic Profile + Retain Longitudinal Temporal Information with Modified Dates
-#: + Retain Patient Characteristics (issue 4).
-DEFAULT_OPTIONS: frozenset[str] = frozenset(
-    {"retain_longitudinal_modified_dates", "retain_patient_characteristics"}
-)
+#: The ten option columns of PS3.15 Table E.1-1 and the default profile (issue 4) are defined
+#: once, with the trust-file validation that uses them.
+OPTION_COLUMNS: tuple[str, ...] = DEID_OPTION_COLUMNS
+DEFAULT_OPTIONS: frozenset[str] = DEFAULT_DEID_OPTIONS
 
 KEY_ENV = "SMARTBOX_PSEUDONYM_KEY"
 KEY_FILE_ENV = "SMARTBOX_PSEUDONYM_KEY_FILE"
