@@ -10,6 +10,13 @@ Object keys come from keyed, deterministic UIDs: re-processing a redelivered mes
 the same objects with the same bytes, so a crash mid-study still yields every instance exactly
 once in staging. The message is acked only after every object and the manifest are written and
 ``study.staged`` is confirmed.
+
+One instance never blocks its study. What fails for one instance alone is held back with a
+``Reason`` (an exception in the de-identifier: ``deid_error`` with its class as detail; a
+quarantine object that is gone: ``source_missing``; one that still differs from its recorded
+sha256 when read again: ``source_checksum_mismatch``) and the rest is staged and announced.
+Storage or broker unavailable (``TransientError``) and anything unexpected outside the
+de-identifier propagate, so the message is retried, never acked: the object may well be there.
 """
 
 from __future__ import annotations
@@ -24,13 +31,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import schemas
-from consumers.deid import Deidentifier, DeidPolicy, PseudonymKey
-from smartbox import __version__, metrics
+from consumers.deid import Deidentifier, DeidPolicy, PolicyBuilder
+from consumers.deid.reasons import Reason, exception_detail
+from smartbox import __version__, layout, metrics
 from smartbox.bus import Bus
 from smartbox.config import TrustConfig, TrustRegistry
-from smartbox.errors import ConfigError, PermanentError
+from smartbox.errors import ConfigError, PermanentError, SchemaError
 from smartbox.keys import RegionalKey
 from smartbox.store import ObjectStore, get_json, put_json
+from smartbox.transfer import BadObject, read_verified
+
+from .withdraw import WithdrawalRegistry
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +49,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class _Outcome:
     study_uid: str | None
-    reason: str | None
+    reason: Reason | None
     nhs_number_valid: bool
+    detail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,13 +65,13 @@ def staged_study_uid_fallback(key: RegionalKey, study_key: str) -> str:
     return "2.25." + str(int.from_bytes(key.digest("study-fallback", study_key)[:16], "big"))
 
 
-def describe_profile(trust: TrustConfig) -> dict[str, Any]:
+def describe_profile(policy: DeidPolicy) -> dict[str, Any]:
     """What was applied, for the manifest: profile, options and the table edition."""
     import consumers.deid as deid
 
     return {
         "profile": "DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile",
-        "options": sorted(trust.deid_options),
+        "options": sorted(policy.options),
         "table_edition": getattr(deid, "TABLE_EDITION", "unknown"),
     }
 
@@ -76,6 +88,7 @@ class Anonymiser:
         buckets: Buckets = Buckets(),
         *,
         workers: int = 4,
+        policies: PolicyBuilder | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -85,11 +98,13 @@ class Anonymiser:
         )
         self.buckets = buckets
         self.producer = schemas.producer_name("anonymiser")
-        self._pkey = PseudonymKey(secret=key.secret, version=key.version)
+        # the one policy builder (consumers.deid.policy), as smartbox deidentify uses it
+        self.policies = policies if policies is not None else PolicyBuilder.from_env()
         self._engines: dict[str, tuple[TrustConfig, Deidentifier]] = {}
         self._lock = threading.Lock()
         self._ready = False
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="deid")
+        self._withdrawn = WithdrawalRegistry(store, buckets.staging)
 
     def engine_for(self, code: str) -> tuple[TrustConfig, Deidentifier]:
         """The trust's de-identifier, rebuilt when its trust file changed."""
@@ -100,16 +115,12 @@ class Anonymiser:
         with self._lock:
             cached = self._engines.get(code)
             if cached is None or cached[0] is not trust:
-                policy = DeidPolicy(
-                    trust_code=code,
-                    nhs_number_attribute=trust.nhs_number_attribute,
-                    options=frozenset(trust.deid_options),
-                    mask_rules=tuple(trust.deid_mask_rules),
-                    ocr=trust.deid_ocr,
-                    ocr_scope=trust.deid_ocr_scope,
-                    ocr_match=trust.deid_ocr_match,
-                )
-                cached = (trust, Deidentifier(self._pkey, policy))
+                try:  # a trust file changed to something this box cannot run: the message
+                    # is dead-lettered at once (replayable once fixed), never retried
+                    policy = self.policies.for_trust(trust)
+                    cached = (trust, Deidentifier(self.key, policy))
+                except ConfigError as exc:
+                    raise PermanentError(f"anonymiser: {exc}") from None
                 self._engines[code] = cached
             return cached
 
@@ -121,17 +132,29 @@ class Anonymiser:
         Only the small outcome is kept, not the bytes: a 2,000-instance study must not sit in
         memory while the batch finishes.
         """
-        raw = self.store.get_bytes(bucket, entry["key"])
-        if hashlib.sha256(raw).hexdigest() != entry["sha256"]:
-            raise PermanentError("quarantine object does not match its recorded sha256")
-        result = engine.process(raw)
-        outcome = _Outcome(result.study_uid, result.reason, result.nhs_number_valid)
+        raw = self._source(bucket, entry)
+        if isinstance(raw, Reason):
+            return _Outcome(None, raw, False), None
+        try:
+            result = engine.process(raw)
+        except Exception as exc:  # noqa: BLE001 - process() holds back bad input itself; a
+            # bug that escapes it must still cost this one instance only, not the study
+            return _Outcome(None, Reason.DEID_ERROR, False, exception_detail(exc)), None
+        outcome = _Outcome(result.study_uid, result.reason, result.nhs_number_valid, result.detail)
+        if (
+            result.ok
+            and result.patient_pseudonym
+            and self._withdrawn.is_withdrawn(result.patient_pseudonym)
+        ):  # national data opt-out (smartbox withdraw): later studies are held back too
+            return _Outcome(result.study_uid, Reason.WITHDRAWN, result.nhs_number_valid), None
         if not result.ok or result.data is None:
             return outcome, None
         digest = hashlib.sha256(result.data).hexdigest()
         # a new version of an instance (same UID, other bytes) is a new object, never an
         # overwrite: every manifest entry keeps matching its object
-        obj_key = f"{code}/{result.study_uid}/{result.sop_instance_uid}-{digest[:16]}.dcm"
+        obj_key = layout.staged_instance_key(
+            code, result.study_uid, result.sop_instance_uid, digest
+        )
         self.store.put_bytes(self.buckets.staging, obj_key, result.data)
         return outcome, {
             "key": obj_key,
@@ -145,20 +168,44 @@ class Anonymiser:
             "patient": result.patient_pseudonym,
         }
 
+    def _source(self, bucket: str, entry: dict[str, Any]) -> bytes | Reason:
+        """The quarantined original, or why this one instance cannot be used.
+
+        Only answers that are final for this object become a reason: it does not exist
+        (``NotFound``), its key is invalid, or it differs from its recorded sha256 on two
+        reads (content-addressed keys: a mismatch is corruption, not a newer version).
+        ``TransientError`` and anything unexpected propagate: the message is retried.
+        """
+        for _attempt in range(2):
+            try:  # the one verified read (smartbox.transfer): whole object, sha256 checked
+                return read_verified(self.store, bucket, entry["key"], entry["sha256"])
+            except BadObject as exc:
+                if exc.reason == "object_missing":
+                    return Reason.SOURCE_MISSING
+            except PermanentError:
+                return Reason.SOURCE_INVALID
+        return Reason.SOURCE_CHECKSUM_MISMATCH
+
     def handle(self, message: dict[str, Any]) -> None:
         started = time.monotonic()
         code = message["trust"]
-        trust, engine = self.engine_for(code)
+        _trust, engine = self.engine_for(code)
         if not self._ready:
             self.store.ensure_bucket(self.buckets.staging)
             self._ready = True
         body = message["body"]
+        self._withdrawn.refresh()  # a withdrawal since the last batch takes effect now
         batch = get_json(self.store, body["bucket"], body["batch_key"])
-        if batch.get("study_key") != body["study_key"] or batch.get("trust") != code:
+        try:  # a storage contract, checked on read as the receiver checked it on write
+            schemas.validate_document("quarantine.batch", batch)
+        except SchemaError as exc:
+            raise PermanentError(f"batch manifest invalid: {exc}") from None
+        if batch["study_key"] != body["study_key"] or batch["trust"] != code:
             raise PermanentError("batch manifest does not belong to this message")
+        instances = batch["instances"]
         staged: list[dict[str, Any]] = []
         held: list[dict[str, str]] = []
-        reasons: Counter[str] = Counter()
+        reasons: Counter[Reason] = Counter()
         study_uid: str | None = None
         fallbacks = 0
         # instances of a batch in parallel: S3 round trips overlap with de-identification
@@ -168,31 +215,36 @@ class Anonymiser:
         for entry, (result, staged_entry) in zip(batch["instances"], outcomes, strict=True):
             study_uid = study_uid or result.study_uid
             if staged_entry is None:
-                reason = result.reason or "unknown"
+                reason = result.reason or Reason.DEID_ERROR
                 reasons[reason] += 1
-                held.append({"source": entry["key"].rsplit("/", 1)[-1], "reason": reason})
+                item = {"source": entry["key"].rsplit("/", 1)[-1], "reason": reason.value}
+                if result.detail:
+                    item["detail"] = result.detail
+                held.append(item)
                 continue
             if not result.nhs_number_valid:
                 fallbacks += 1
             staged.append(staged_entry)
+        if instances and reasons[Reason.SOURCE_MISSING] == len(instances):
+            # none of the originals exists: a storage problem for a human, not a study to
+            # announce empty (the message stays replayable in the dead-letter queue)
+            raise PermanentError("no quarantine object of the batch exists")
         study_uid = study_uid or staged_study_uid_fallback(self.key, body["study_key"])
-        manifest_key = f"{code}/{study_uid}/manifest-{body['batch_id']}.json"
-        put_json(
-            self.store,
-            self.buckets.staging,
-            manifest_key,
-            {
-                "trust": code,
-                "study_uid": study_uid,
-                "batch_id": body["batch_id"],
-                "amendment": body["amendment"],
-                "instances": staged,
-                "held_back": held,
-                "deidentification": describe_profile(trust),
-                "key_version": self.key.version,
-                "code_version": __version__,
-            },
-        )
+        manifest_key = layout.study_manifest_key(code, study_uid, body["batch_id"])
+        manifest = {
+            "trust": code,
+            "study_uid": study_uid,
+            "batch_id": body["batch_id"],
+            "amendment": body["amendment"],
+            "series": dict(Counter(str(s["series_uid"] or "unknown") for s in staged)),
+            "instances": staged,
+            "held_back": held,
+            "deidentification": describe_profile(engine.policy),
+            "key_version": self.key.version,
+            "code_version": __version__,
+        }
+        schemas.validate_document("staging.study", manifest)  # a storage contract, checked on write
+        put_json(self.store, self.buckets.staging, manifest_key, manifest)
         out = schemas.make_message(
             "study.staged",
             trust=code,
@@ -207,15 +259,20 @@ class Anonymiser:
                 "instances_in": len(batch["instances"]),
                 "instances_staged": len(staged),
                 "instances_held_back": len(held),
-                "held_back_reasons": dict(reasons),
+                "held_back_reasons": {r.value: n for r, n in sorted(reasons.items())},
                 "bytes_staged": sum(s["size"] for s in staged),
                 "amendment": body["amendment"],
+                # for the exporter's fairness (backfill or prospective): device names, a count
+                "source": {
+                    "calling_aes": batch.get("calling_aes", []),
+                    "acquired_days_before_arrival": batch.get("acquired_days_before_arrival"),
+                },
             },
         )
         self.bus.publish(out)
         metrics.INSTANCES_STAGED.labels(code).inc(len(staged))
         for reason, n in reasons.items():
-            metrics.INSTANCES_HELD_BACK.labels(code, reason.split(":", 1)[0]).inc(n)
+            metrics.INSTANCES_HELD_BACK.labels(code, reason.label).inc(n)
         if fallbacks:
             metrics.NHS_FALLBACK.labels(code).inc(fallbacks)
         metrics.STUDIES_STAGED.labels(code).inc()

@@ -1,59 +1,77 @@
-"""The exporter: study.staged -> pending record; on schedule -> national copy + export.batch.
+"""The exporter: study.staged -> a record; on schedule -> signed national batches; receipts.
 
-State lives in object storage, not in memory and not in unacked messages: each staged batch
-becomes a pending record ``_export/pending/<trust>/<batch_id>.json`` in the staging bucket and
-the message is acked. An export pass (cron, default 01:00 Europe/London, or ``smartbox export
---now``) groups pending records by trust; per trust it copies every staged object to the
-national destination (its own endpoint and credentials), writes a batch manifest there
-(sha256 per object), publishes ``export.batch`` and confirms it, and only then moves the
-pending records to ``_export/done/<batch>/``. A crash mid-pass leaves the records pending:
-the next pass copies the same objects to the same keys again; nothing is skipped.
+State lives in object storage (``consumers.export_state``; keys in ``smartbox.layout``): a
+``study.staged`` becomes a record and a queue marker, then is acked. An export pass (cron,
+default 01:00 Europe/London, or ``smartbox export --now``) first takes the **lease** (a
+conditional write: one pass at a time, whatever runs it), resumes any claim a crashed pass left,
+re-queues studies whose receipt never came, then fills bounded batches **round-robin across
+trusts, prospective studies before backfill**, until the queue is empty or the **window end**
+(no new batch starts after it). Each batch is carried by ``consumers.export_batch``.
+
+Receipts are acted on per study: accepted -> acknowledged (exactly once: only a ``sent`` record
+of that batch moves); rejected or never answered -> re-queued for the next window, up to
+``max_attempts`` sends, then set aside as failed (dead marker, metric, in ``smartbox
+reconcile``) -- never an endless loop.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
-import uuid
 from collections import defaultdict
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any
-from zoneinfo import ZoneInfo
-
-from croniter import croniter
 
 import schemas
-from smartbox import metrics
+from smartbox import layout, metrics
 from smartbox.bus import Bus
-from smartbox.errors import NotFound, PermanentError, TransientError
+from smartbox.config import TrustConfig, TrustRegistry
+from smartbox.errors import (
+    ConfigError,
+    PermanentError,
+    SchemaError,
+    TransientError,
+)
+from smartbox.lease import Lease, LeaseLost
+from smartbox.signing import Signer
 from smartbox.store import ObjectStore, get_json, put_json
 
+from .export_batch import BatchRunner, selection_id
+from .export_compact import compact
+from .export_gauges import GaugeKeeping
+from .export_policy import ExportPolicy, classify
+from .export_receipts import ReceiptHandling
+from .export_schedule import Schedule, run_scheduler
+from .export_state import ExportState, new_record
+from .withdraw import WithdrawalRegistry
+
 log = logging.getLogger(__name__)
-PENDING = "_export/pending/"
-DONE = "_export/done/"
-LAST_SUCCESS = "_export/last_success.json"
-RECEIPTS = "_export/receipts/"
+__all__ = ["ExportSummary", "Exporter", "Schedule", "run_scheduler"]
 
 
 @dataclass
 class ExportSummary:
     """What one pass did, per trust."""
 
-    batches: dict[str, str]
-    studies: dict[str, int]
-    instances: dict[str, int]
-    failed_trusts: list[str]
+    batches: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    studies: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    instances: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    set_aside: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    failed_trusts: list[str] = field(default_factory=list)
+    lease_holder: str | None = None  # another pass held the lease: this one did nothing
+    window_closed: bool = False
 
     @property
     def total_instances(self) -> int:
         return sum(self.instances.values())
 
 
-class Exporter:
-    """Records staged studies and exports them in passes."""
+class Exporter(ReceiptHandling, GaugeKeeping):
+    """Records staged studies, exports them in passes, acts on receipts."""
 
     def __init__(
         self,
@@ -61,216 +79,272 @@ class Exporter:
         national: ObjectStore,
         bus: Bus,
         *,
+        signer: Signer,
+        policy: ExportPolicy | None = None,
         staging_bucket: str = "staging",
         national_bucket: str = "national",
+        trusts: TrustRegistry | dict[str, TrustConfig] | None = None,
+        quarantine_bucket: str | None = None,
     ) -> None:
         self.store = store
         self.national = national
         self.bus = bus
+        self.signer = signer
+        self.policy = policy or ExportPolicy()
         self.staging = staging_bucket
         self.national_bucket = national_bucket
-        self.producer = schemas.producer_name("exporter")
-        self._pass_lock = threading.Lock()
-
-    def restore_state(self) -> None:
-        """Set the gauges from the state in object storage (after a restart)."""
-        try:
-            last = get_json(self.store, self.staging, LAST_SUCCESS)
-            metrics.LAST_EXPORT_SUCCESS.set(float(last["at"]))
-        except (NotFound, KeyError, TypeError, ValueError):
-            pass
-        self.refresh_pending_gauge()
-
-    # --- consuming study.staged ---------------------------------------------------------
-    def handle(self, message: dict[str, Any]) -> None:
-        body = message["body"]
-        code = message["trust"]
-        record = {
-            "trust": code,
-            "study_uid": body["study_uid"],
-            "batch_id": body["batch_id"],
-            "manifest_key": body["manifest_key"],
-            "bucket": body["bucket"],
-            "instances_staged": body["instances_staged"],
-            "message_id": message["message_id"],
-            "correlation_id": message["correlation_id"],
-            "recorded_at": time.time(),
-        }
-        put_json(self.store, self.staging, f"{PENDING}{code}/{body['batch_id']}.json", record)
-        self.refresh_pending_gauge()
-
-    def handle_receipt(self, message: dict[str, Any]) -> None:
-        """Record the national side's receipt next to the export it acknowledges."""
-        body = message["body"]
-        code = message["trust"]
-        put_json(
-            self.store,
-            self.staging,
-            f"{RECEIPTS}{code}/{body['batch_id']}.json",
-            {**body, "trust": code, "message_id": message["message_id"]},
+        self.quarantine = quarantine_bucket  # listed (never read) for the unprocessed gauge
+        self.state = ExportState(store, staging_bucket)
+        # trust files say which studies are backfill (re-read when they change)
+        self.trusts = (
+            trusts if isinstance(trusts, TrustRegistry) else TrustRegistry(None, static=trusts)
         )
-        metrics.EXPORT_RECEIPTS.labels(code, body["status"]).inc()
-        if body["status"] != "complete":
-            log.error(
-                "%s: national ingest reports batch %s %s: %d of %d verified",
-                code,
-                body["batch_id"],
-                body["status"],
-                body["instances_verified"],
-                body["instances_expected"],
+        # no negative caching here: the exporter is the last gate before the national side
+        self.withdrawn = WithdrawalRegistry(store, staging_bucket, cache_seconds=0.0)
+        self._pass_lock = threading.Lock()
+        self._known_trusts: set[str] = set()
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # tests move time
+        self._pending: dict[str, list[float]] = defaultdict(lambda: [0, 0])  # studies, bytes
+
+    # --- consuming study.staged: a constant number of small writes, whatever the backlog --
+    def handle(self, message: dict[str, Any]) -> None:
+        """A ``study.staged`` becomes a record; a replayed ``export.failed``, one more round."""
+        if message["schema"] == "export.failed":
+            self.retry_failed(message)
+            return
+        body, code = message["body"], message["trust"]
+        record = self.state.get(code, body["batch_id"])
+        if record is not None and self.state.has_day(code, record["day"], record["export_id"]):
+            return  # a redelivery of a study already recorded
+        if record is None:
+            klass = classify(self._trust(code), body.get("source"))
+            record = new_record(code, body, message, klass)
+            record["patients"] = self._patients(record)
+            if any(self.withdrawn.is_withdrawn(p) for p in record["patients"]):
+                record["state"] = "withdrawn"
+                metrics.WITHDRAWALS.labels(code, "held_back").inc()
+            self.state.put(record)
+        for patient in record["patients"]:
+            self.store.put_bytes(
+                self.staging, layout.patient_key(patient, code, record["export_id"]), b""
             )
+        if record["state"] == "pending":
+            self.state.enqueue(record)
+            self._pending[code][0] += 1
+            self._pending[code][1] += record["bytes"]
+            self._set_gauges(code)
+        if code not in self._known_trusts:
+            self.state.mark_trust(code)
+            self._known_trusts.add(code)
+        self.state.mark_day(record)  # last: the record is complete
 
-    def pending(self) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-        """Pending records by trust: (record key, record)."""
-        by_trust: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
-        for key in self.store.list_keys(self.staging, PENDING):
-            record = get_json(self.store, self.staging, key)
-            by_trust[record["trust"]].append((key, record))
-        return dict(by_trust)
+    def _trust(self, code: str) -> TrustConfig | None:
+        try:
+            return self.trusts.get(code)
+        except ConfigError:
+            return None  # no trust file here: every study of it is prospective
 
-    def refresh_pending_gauge(self) -> None:
-        studies: dict[str, set[str]] = defaultdict(set)
-        for key in self.store.list_keys(self.staging, PENDING):
-            code = key[len(PENDING) :].split("/", 1)[0]
-            studies[code].add(key)
-        for code, keys in studies.items():
-            metrics.STUDIES_PENDING_EXPORT.labels(code).set(len(keys))
+    def _patients(self, record: dict[str, Any]) -> list[str]:
+        if not record["instances"]:
+            return []
+        manifest = get_json(self.store, record["bucket"], record["manifest_key"])
+        try:
+            schemas.validate_document("staging.study", manifest)
+        except SchemaError as exc:
+            raise PermanentError(f"study manifest invalid: {exc}") from None
+        return sorted({i["patient"] for i in manifest["instances"] if i.get("patient")})
 
-    # --- an export pass -----------------------------------------------------------------
-    def export_pass(self) -> ExportSummary:
-        """Export everything pending, one export.batch per trust."""
+    # --- an export pass ---------------------------------------------------------------------
+    def export_pass(
+        self, *, progress: Callable[[int], None] = lambda n: None, max_batches: int | None = None
+    ) -> ExportSummary:
+        """One pass under the lease: resume, expire, then fill batches fairly until done."""
         with self._pass_lock:
-            summary = ExportSummary({}, {}, {}, [])
-            self.national.ensure_bucket(self.national_bucket)
-            pending = self.pending()
-            for code in sorted(pending):
-                try:
-                    self._export_trust(code, pending[code], summary)
-                except (TransientError, PermanentError) as exc:
-                    # one trust's failure must not hold back the others; its records stay
-                    # pending (a permanent one also raises SmartboxExportFailed every pass)
-                    kind = "transient" if isinstance(exc, TransientError) else "permanent"
-                    summary.failed_trusts.append(code)
-                    metrics.FAILURES.labels(code, "export", kind).inc()
-                    log.error("%s: export failed, stays pending: %s", code, exc)
+            summary = ExportSummary()
+            lease = Lease(self.store, self.staging, layout.LEASE, ttl=self.policy.lease_ttl_seconds)  # type: ignore[arg-type]
+            if not lease.acquire():
+                summary.lease_holder = str((lease.holder or {}).get("owner", "another pass"))
+                log.warning("export pass skipped: the lease is held by %s", summary.lease_holder)
+                return summary
+            try:
+                self._run_pass(lease, summary, progress, max_batches)
+            except LeaseLost as exc:
+                log.error("export pass stopped: %s", exc)
+                summary.failed_trusts.append("*")
+            finally:
+                lease.release()
             if summary.failed_trusts:
                 metrics.EXPORT_BATCHES.labels("failed").inc()
             else:
                 metrics.EXPORT_BATCHES.labels("published" if summary.batches else "empty").inc()
                 now = time.time()
                 put_json(
-                    self.store, self.staging, LAST_SUCCESS, {"at": now, "batches": summary.batches}
+                    self.store,
+                    self.staging,
+                    layout.LAST_SUCCESS,
+                    {"at": now, "batches": dict(summary.batches)},
                 )
                 metrics.LAST_EXPORT_SUCCESS.set(now)
-            for code in pending:
-                if code not in summary.failed_trusts:
-                    metrics.STUDIES_PENDING_EXPORT.labels(code).set(0)
             return summary
 
-    def _export_trust(
-        self, code: str, records: list[tuple[str, dict[str, Any]]], summary: ExportSummary
+    def _run_pass(
+        self,
+        lease: Lease,
+        summary: ExportSummary,
+        progress: Callable[[int], None],
+        max_batches: int | None,
     ) -> None:
-        started = time.monotonic()
-        batch_id = uuid.uuid4().hex
-        objects: list[dict[str, Any]] = []
-        studies: dict[str, int] = defaultdict(int)
-        for _key, record in records:
-            manifest = get_json(self.store, record["bucket"], record["manifest_key"])
-            for inst in manifest["instances"]:
-                data = self.store.get_bytes(record["bucket"], inst["key"])
-                if hashlib.sha256(data).hexdigest() != inst["sha256"]:
-                    raise PermanentError("staged object does not match its manifest sha256")
-                self.national.put_bytes(self.national_bucket, inst["key"], data)
-                objects.append(
-                    {
-                        "key": inst["key"],
-                        "sha256": inst["sha256"],
-                        "size": inst["size"],
-                        "study_uid": inst["study_uid"],
-                        "modality": inst.get("modality"),
-                    }
-                )
-                studies[inst["study_uid"]] += 1
-        study_list = [{"study_uid": uid, "instance_count": n} for uid, n in sorted(studies.items())]
-        done_records = [r for _k, r in records]
-        if objects:
-            manifest_key = f"_batches/{code}/{batch_id}.json"
-            manifest_bytes = put_json(
-                self.national,
-                self.national_bucket,
-                manifest_key,
-                {"batch_id": batch_id, "trust": code, "objects": objects, "studies": study_list},
-            )
-            parents = [
-                {"message_id": r["message_id"], "correlation_id": r["correlation_id"]}
-                for r in done_records
+        self.national.ensure_bucket(self.national_bucket)
+        runner = BatchRunner(
+            self.state,
+            self.national,
+            self.national_bucket,
+            self.bus,
+            self.signer,
+            heartbeat=lease.renew,
+            progress=progress,
+        )
+        for key, claim in self.state.open_claims():
+            self._guard(claim["trust"], summary, partial(self._finish, runner, key, claim, summary))
+        trusts = self.state.trusts()
+        for code in trusts:
+            self._guard(code, summary, partial(self._expire_receipts, code))
+        deadline = self.policy.deadline(self.clock())
+        tried: set[str] = set()
+        withdrawals_sent: set[str] = set()
+        made = 0
+        for klass in layout.CLASSES:
+            active = [c for c in trusts if c not in summary.failed_trusts]
+            while active:
+                for code in list(active):
+                    if deadline is not None and self.clock() >= deadline:
+                        summary.window_closed = True
+                        return
+                    if max_batches is not None and made >= max_batches:
+                        return
+                    select = partial(self._select, code, klass, tried, withdrawals_sent)
+                    chosen = self._guard(code, summary, select)
+                    if not chosen:
+                        active.remove(code)
+                        continue
+                    key, claim = chosen
+                    finish = partial(self._finish, runner, key, claim, summary)
+                    if self._guard(code, summary, finish) is None:
+                        active.remove(code)
+                    made += 1
+                    lease.renew()
+        for code in trusts:
+            self._set_gauges(code, self._oldest(code))
+        for code in trusts:  # done records and receipts into one archive object per day
+            self._guard(code, summary, partial(compact, self.state, code))
+
+    def _guard(self, code: str, summary: ExportSummary, fn: Callable[[], Any]) -> Any:
+        """One trust's failure must not hold back the others: its work stays queued."""
+        try:
+            return fn()
+        except LeaseLost:
+            raise
+        except (TransientError, PermanentError) as exc:
+            kind = "transient" if isinstance(exc, TransientError) else "permanent"
+            if code not in summary.failed_trusts:
+                summary.failed_trusts.append(code)
+            metrics.FAILURES.labels(code, "export", kind).inc()
+            log.error("%s: export failed, stays queued: %s", code, exc)
+            return None
+
+    def _select(
+        self, code: str, klass: str, tried: set[str], withdrawals_sent: set[str]
+    ) -> tuple[str, dict[str, Any]] | None:
+        """The next batch of a trust's queue (oldest first, within the size limits)."""
+        ids: list[str] = []
+        attempts: dict[str, int] = {}
+        size = 0
+        for day, export_id in self.state.queued(code, klass):
+            if export_id in tried:
+                continue
+            record = self.state.get(code, export_id)
+            if record is None or record["state"] != "pending" or record["class"] != klass:
+                self.state.drop_queued_key(code, klass, day, export_id)  # stale marker
+                continue
+            if any(self.withdrawn.is_withdrawn(p) for p in record["patients"]):
+                self.withdrawn.remove_unexported(record)
+                continue
+            if ids and (
+                len(ids) >= self.policy.max_batch_studies
+                or size + record["bytes"] > self.policy.max_batch_bytes
+            ):
+                break
+            ids.append(export_id)
+            attempts[export_id] = record["attempts"] + 1
+            size += record["bytes"]
+            tried.add(export_id)
+        withdrawals: list[dict[str, Any]] = []
+        if code not in withdrawals_sent:
+            withdrawals_sent.add(code)
+            now = time.time()
+            withdrawals = [
+                w
+                for w in self.state.withdrawals(code)
+                if not w.get("batch_id")
+                or now - w.get("sent_at", 0) > self.policy.receipt_timeout_seconds
             ]
-            message = schemas.make_message(
-                "export.batch",
-                trust=code,
-                producer=self.producer,
-                parents=parents,
-                correlation_id=str(uuid.UUID(batch_id)),
-                body={
-                    "batch_id": batch_id,
-                    "bucket": self.national_bucket,
-                    "manifest_key": manifest_key,
-                    "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
-                    "study_count": len(study_list),
-                    "instance_count": len(objects),
-                    "bytes": sum(o["size"] for o in objects),
-                    "studies": study_list,
-                },
-            )
-            self.bus.publish(message)
-            summary.batches[code] = batch_id
-        for key, record in records:
-            put_json(self.store, self.staging, f"{DONE}{batch_id}/{key[len(PENDING) :]}", record)
-            self.store.delete(self.staging, key)
-        summary.studies[code] = len(study_list)
-        summary.instances[code] = len(objects)
-        metrics.INSTANCES_EXPORTED.labels(code).inc(len(objects))
-        metrics.STUDIES_EXPORTED.labels(code).inc(len(study_list))
+        if not ids and not withdrawals:
+            return None
+        entries = [(i, attempts[i]) for i in ids] + [(w["export_id"], 0) for w in withdrawals]
+        key = layout.claim_key(code, selection_id(code, entries))
+        claim = {
+            "trust": code,
+            "class": klass,
+            "ids": ids,
+            "attempts": attempts,
+            "progress": {},
+            "withdrawals": withdrawals,
+            "message": None,
+            "created_at": time.time(),
+        }
+        if not self.state.create_claim(key, claim):
+            claim = get_json(self.store, self.staging, key)  # a crashed pass's: resume it
+        return key, claim
+
+    def _finish(
+        self, runner: BatchRunner, key: str, claim: dict[str, Any], summary: ExportSummary
+    ) -> bool:
+        code = claim["trust"]
+        started = time.monotonic()
+        claim = runner.run(key, claim)
+        for export_id, p in claim["progress"].items():
+            if p["status"] == "bad":
+                summary.set_aside[code] += 1
+                record = self.state.get(code, export_id)
+                if record is not None and record["state"] == "pending":
+                    record["attempts"] += 1
+                    record["state"] = "sent"  # so that _requeue applies its bound
+                    self._pending[code][0] -= 1
+                    self._pending[code][1] -= record["bytes"]
+                    self._requeue(record, p["reason"])
+        message = claim.get("message")
+        if message is None:
+            return True
+        body = message["body"]
+        summary.batches[code].append(body["batch_id"])
+        summary.studies[code] += body["study_count"]
+        summary.instances[code] += body["instance_count"]
+        metrics.STUDIES_EXPORTED.labels(code).inc(body["study_count"])
+        metrics.INSTANCES_EXPORTED.labels(code).inc(body["instance_count"])
+        resent = sum(1 for s in body["studies"] if s["attempt"] > 1)
+        if resent:
+            metrics.STUDIES_RESENT.labels(code).inc(resent)
+        if body["withdrawals"]:
+            metrics.WITHDRAWALS.labels(code, "published").inc(len(body["withdrawals"]))
+        self._pending[code][0] -= body["study_count"]
+        self._pending[code][1] -= body["bytes"]
         metrics.STAGE_SECONDS.labels(code, "export").observe(time.monotonic() - started)
         log.info(
-            "%s: export batch %s: %d studies, %d instances",
+            "%s: export batch %s: %d studies, %d instances, %d withdrawals",
             code,
-            batch_id,
-            len(study_list),
-            len(objects),
+            body["batch_id"],
+            body["study_count"],
+            body["instance_count"],
+            len(body["withdrawals"]),
         )
-
-
-class Schedule:
-    """A cron schedule in a time zone (default nightly at 01:00 Europe/London)."""
-
-    def __init__(self, expression: str, timezone: str) -> None:
-        if not croniter.is_valid(expression):
-            raise ValueError(f"not a cron expression: {expression!r}")
-        self.expression = expression
-        self.tz = ZoneInfo(timezone)
-
-    def next_after(self, now: datetime | None = None) -> datetime:
-        base = now or datetime.now(self.tz)
-        nxt: datetime = croniter(self.expression, base.astimezone(self.tz)).get_next(datetime)
-        return nxt
-
-
-def run_scheduler(exporter: Exporter, schedule: Schedule, stop: threading.Event) -> None:
-    """Run export passes on the schedule until ``stop``; a failed pass is retried next time."""
-    while not stop.is_set():
-        nxt = schedule.next_after()
-        log.info("next export pass at %s", nxt.isoformat())
-        while not stop.is_set():
-            remaining = (nxt - datetime.now(schedule.tz)).total_seconds()
-            if remaining <= 0:
-                break
-            stop.wait(min(remaining, 30.0))
-        if stop.is_set():
-            return
-        try:
-            summary = exporter.export_pass()
-            log.info("scheduled export: %d instances", summary.total_instances)
-        except Exception:  # noqa: BLE001 - the next window retries; pending records remain
-            log.exception("scheduled export pass failed")
-            metrics.EXPORT_BATCHES.labels("failed").inc()
+        return True

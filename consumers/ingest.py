@@ -1,86 +1,195 @@
-"""National ingest, the reference consumer of the export queue.
+"""National ingest, the reference consumer of the export queue (what the national side runs).
 
-For each ``export.batch``: fetch the batch manifest and check it against ``manifest_sha256``;
-fetch every object, verify its sha256, store it in the archive bucket; then publish
-``export.receipt`` (``complete`` only if every object verified). A checksum failure is a
-business outcome, reported in the receipt and counted, not a crash.
+For each ``export.batch`` (v2; unsigned v1 batches are dead-lettered):
+
+1. **deduplicate** by ``batch_id``: a batch already ingested (a republish after an exporter
+   crash) is answered with the receipt it got the first time, and nothing is stored twice;
+2. fetch the national batch manifest, check its sha256, its **Ed25519 signature** (public key
+   only, ``SMARTBOX_EXPORT_VERIFY_KEY``) and its schema; a failure rejects every study with
+   the reason (``manifest_sha256_mismatch``, ``unknown_signing_key``, ``signature_invalid``,
+   ``manifest_invalid``);
+3. per study: the study manifest's sha256, that it lists exactly the batch's objects, then
+   every object's sha256, streamed into the archive bucket; the study is accepted or rejected
+   with the first reason (``study_manifest_mismatch``, ``checksum_mismatch``, ``size_mismatch``,
+   ``object_missing``);
+4. apply withdrawals (delete the study's archived objects) and say ``applied``;
+5. publish ``export.receipt`` v2, then record the batch as ingested.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from typing import Any
 
 import schemas
-from smartbox import metrics
+from smartbox import layout, metrics
 from smartbox.bus import Bus
-from smartbox.errors import NotFound, PermanentError
-from smartbox.store import ObjectStore
+from smartbox.errors import NotFound, PermanentError, SchemaError
+from smartbox.signing import Verifier
+from smartbox.store import ObjectStore, get_json, put_json
+from smartbox.transfer import BadObject, copy_verified, read_verified
 
 log = logging.getLogger(__name__)
+
+
+class _Rejected(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class NationalIngest:
     """Handles ``export.batch`` messages on the national side."""
 
-    def __init__(self, store: ObjectStore, bus: Bus, *, archive_bucket: str = "national-archive"):
+    def __init__(
+        self,
+        store: ObjectStore,
+        bus: Bus,
+        *,
+        verifier: Verifier,
+        archive_bucket: str = "national-archive",
+    ) -> None:
         self.store = store
         self.bus = bus
+        self.verifier = verifier
         self.archive = archive_bucket
         self.producer = schemas.producer_name("ingest")
         self._ready = False
 
     def handle(self, message: dict[str, Any]) -> None:
         started = time.monotonic()
-        code = message["trust"]
-        body = message["body"]
+        code, body = message["trust"], message["body"]
+        if message["version"] < 2:
+            raise PermanentError("export.batch v1 is unsigned: not accepted")
         if not self._ready:
             self.store.ensure_bucket(self.archive)
             self._ready = True
-        raw = self.store.get_bytes(body["bucket"], body["manifest_key"])
-        if hashlib.sha256(raw).hexdigest() != body["manifest_sha256"]:
-            raise PermanentError("batch manifest does not match manifest_sha256")
+        seen = layout.ingest_batch_key(body["batch_id"])
         try:
-            import json
-
-            manifest = json.loads(raw)
-        except ValueError as exc:
-            raise PermanentError("batch manifest is not JSON") from exc
-        verified = failures = missing = 0
-        for obj in manifest["objects"]:
-            try:
-                data = self.store.get_bytes(body["bucket"], obj["key"])
-            except NotFound:
-                missing += 1
-                continue
-            if hashlib.sha256(data).hexdigest() != obj["sha256"]:
-                failures += 1
-                metrics.INGEST_CHECKSUM_FAILURES.labels(code).inc()
-                continue
-            self.store.put_bytes(self.archive, obj["key"], data)
-            verified += 1
-        expected = len(manifest["objects"])
-        status = "complete" if verified == expected == body["instance_count"] else "failed"
+            receipt_body = get_json(self.store, self.archive, seen)["receipt"]
+            log.info("%s: batch %s seen before: receipt repeated", code, body["batch_id"])
+        except NotFound:
+            receipt_body = self._ingest(code, body)
         receipt = schemas.make_message(
             "export.receipt",
             trust=code,
             producer=self.producer,
             parents=[message],
-            body={
-                "batch_id": body["batch_id"],
-                "status": status,
-                "instances_expected": body["instance_count"],
-                "instances_verified": verified,
-                "checksum_failures": failures,
-                "missing": missing,
-                "stored_bucket": self.archive,
-            },
+            body=receipt_body,
         )
         self.bus.publish(receipt)
-        metrics.INSTANCES_INGESTED.labels(code).inc(verified)
+        put_json(self.store, self.archive, seen, {"receipt": receipt_body, "at": time.time()})
         metrics.STAGE_SECONDS.labels(code, "ingest").observe(time.monotonic() - started)
-        log.info(
-            "%s: batch %s ingested %d/%d (%s)", code, body["batch_id"], verified, expected, status
+
+    def _manifest(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            raw = self.store.get_bytes(body["bucket"], body["manifest_key"])
+        except NotFound:
+            raise _Rejected("manifest_invalid") from None
+        if hashlib.sha256(raw).hexdigest() != body["manifest_sha256"]:
+            raise _Rejected("manifest_sha256_mismatch")
+        if body["key_id"] != self.verifier.key_id:
+            raise _Rejected("unknown_signing_key")
+        if not self.verifier.verify(raw, bytes.fromhex(body["signature"])):
+            raise _Rejected("signature_invalid")
+        try:
+            manifest: dict[str, Any] = json.loads(raw)
+            schemas.validate_document("national.batch", manifest)
+        except (ValueError, SchemaError):
+            raise _Rejected("manifest_invalid") from None
+        listed = sorted(s["export_id"] for s in manifest["studies"])
+        if manifest["batch_id"] != body["batch_id"] or listed != sorted(
+            s["export_id"] for s in body["studies"]
+        ):
+            raise _Rejected("manifest_invalid")
+        return manifest
+
+    def _ingest(self, code: str, body: dict[str, Any]) -> dict[str, Any]:
+        results: list[dict[str, Any]] = []
+        verified = failures = missing = 0
+        withdrawals: list[dict[str, Any]] = []
+        try:
+            manifest = self._manifest(body)
+        except _Rejected as exc:
+            results = [
+                {
+                    "export_id": s["export_id"],
+                    "study_uid": s["study_uid"],
+                    "status": "rejected",
+                    "reason": exc.reason,
+                }
+                for s in body["studies"]
+            ]
+            withdrawals = [
+                {"export_id": w["export_id"], "status": "rejected", "reason": exc.reason}
+                for w in body["withdrawals"]
+            ]
+            log.error("%s: batch %s rejected: %s", code, body["batch_id"], exc.reason)
+        else:
+            for study in manifest["studies"]:
+                result = {"export_id": study["export_id"], "study_uid": study["study_uid"]}
+                try:
+                    verified += self._study(body["bucket"], study)
+                    result["status"] = "accepted"
+                except (_Rejected, BadObject) as exc:
+                    failures += exc.reason in ("checksum_mismatch", "size_mismatch")
+                    missing += exc.reason == "object_missing"
+                    result.update(status="rejected", reason=exc.reason)
+                    log.error(
+                        "%s: study version %s rejected: %s", code, study["export_id"], exc.reason
+                    )
+                results.append(result)
+            withdrawals = [self._withdraw(w) for w in manifest["withdrawals"]]
+        for r in results:
+            metrics.INGEST_STUDIES.labels(code, r["status"], r.get("reason", "")).inc()
+        if failures:
+            metrics.INGEST_CHECKSUM_FAILURES.labels(code).inc(failures)
+        metrics.INSTANCES_INGESTED.labels(code).inc(verified)
+        accepted = sum(r["status"] == "accepted" for r in results)
+        status = (
+            "accepted" if accepted == len(results) else "rejected" if not accepted else "partial"
         )
+        log.info(
+            "%s: batch %s: %d/%d studies accepted", code, body["batch_id"], accepted, len(results)
+        )
+        return {
+            "batch_id": body["batch_id"],
+            "status": status,
+            "studies": results,
+            "withdrawals": withdrawals,
+            "instances_expected": body["instance_count"],
+            "instances_verified": verified,
+            "checksum_failures": failures,
+            "missing": missing,
+            "stored_bucket": self.archive,
+        }
+
+    def _study(self, bucket: str, study: dict[str, Any]) -> int:
+        """Verify and archive one study version; the number of objects stored."""
+        raw = read_verified(self.store, bucket, study["manifest_key"], study["manifest_sha256"])
+        try:
+            listed = {(i["key"], i["sha256"]) for i in json.loads(raw)["instances"]}
+        except (ValueError, KeyError, TypeError):
+            raise _Rejected("study_manifest_mismatch") from None
+        if listed != {(o["key"], o["sha256"]) for o in study["objects"]}:
+            raise _Rejected("study_manifest_mismatch")
+        for obj in study["objects"]:
+            copy_verified(
+                self.store, bucket, self.store, self.archive, obj["key"], obj["sha256"], obj["size"]
+            )
+        self.store.put_bytes(self.archive, study["manifest_key"], raw)
+        return len(study["objects"])
+
+    def _withdraw(self, withdrawal: dict[str, Any]) -> dict[str, Any]:
+        """Delete a withdrawn study version from the archive (nothing to do if never stored)."""
+        try:
+            manifest = get_json(self.store, self.archive, withdrawal["manifest_key"])
+        except NotFound:
+            manifest = {"instances": []}
+        for inst in manifest.get("instances", []):
+            self.store.delete(self.archive, inst["key"])
+        self.store.delete(self.archive, withdrawal["manifest_key"])
+        return {"export_id": withdrawal["export_id"], "status": "applied"}

@@ -24,8 +24,17 @@ from smartbox.errors import SchemaError
 SCHEMAS: dict[str, int] = {
     "study.arrived": 1,
     "study.staged": 1,
-    "export.batch": 1,
-    "export.receipt": 1,
+    "export.batch": 2,
+    "export.receipt": 2,
+    "export.failed": 1,
+}
+#: earlier versions still shipped, so the loader can name what an old message was
+SUPERSEDED: dict[str, tuple[int, ...]] = {"export.batch": (1,), "export.receipt": (1,)}
+#: storage documents (manifests) are contracts too: validated on write and on read
+DOCUMENTS: dict[str, int] = {
+    "quarantine.batch": 1,
+    "staging.study": 1,
+    "national.batch": 1,
 }
 ENVELOPE_ID = "envelope.v1.schema.json"
 
@@ -75,6 +84,18 @@ def validate(message: Mapping[str, Any]) -> None:
         raise SchemaError(
             f"{name} v{version}: {len(errors)} error(s); first at {where}: {first.validator} failed"
         )
+
+
+def validate_document(name: str, document: Any, version: int | None = None) -> None:
+    """Raise SchemaError unless a stored manifest matches its schema (path named, no value)."""
+    if name not in DOCUMENTS:
+        raise SchemaError(f"{name}: not a known document")
+    v = validator(name, version or DOCUMENTS[name])
+    errors = sorted(v.iter_errors(document), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        where = "/" + "/".join(str(p) for p in first.absolute_path)
+        raise SchemaError(f"{name}: {len(errors)} error(s); first at {where}: {first.validator}")
 
 
 def make_message(

@@ -32,7 +32,14 @@ import schemas
 from . import metrics
 from .errors import PermanentError, SchemaError, TransientError
 from .retry import call_with_retry
-from .topology import DELIVERY_LIMIT, WORK_QUEUES, Topology, routing_key, topic_matches
+from .topology import (
+    DELIVERY_LIMIT,
+    WORK_QUEUES,
+    Topology,
+    bindings,
+    routing_key,
+    topic_matches,
+)
 
 log = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any]], None]
@@ -102,6 +109,10 @@ class Bus(Protocol):
     ) -> None:
         """Deliver messages of a work queue to ``handler`` until ``stop`` is set."""
 
+    def dead_letter_message(self, role: str, message: dict[str, Any], reason: str) -> None:
+        """Put a message a stage made itself straight into ``role``'s dead-letter queue with
+        ``reason`` (confirmed), where ``smartbox dlq`` lists and replays it like any poison."""
+
     def ping(self) -> bool: ...
 
     def close(self) -> None: ...
@@ -136,11 +147,19 @@ class MemoryBus:
         key = routing_key(message["schema"], message["trust"])
         body = encode(message)
         with self._cond:
-            targets = [r for r, pattern in WORK_QUEUES.items() if topic_matches(pattern, key)]
+            targets = [r for r in WORK_QUEUES if any(topic_matches(p, key) for p in bindings(r))]
             if not targets:
                 raise TransientError(f"unroutable: no queue bound for {key}")
             for role in targets:
                 self._queues[self.topology.queue(role)].append(_Msg(body))
+            self._cond.notify_all()
+
+    def dead_letter_message(self, role: str, message: dict[str, Any], reason: str) -> None:
+        if self.validate_on_publish:
+            schemas.validate(message)
+        with self._cond:
+            headers = {"x-smartbox-reason": reason, "x-smartbox-stage": role}
+            self._queues[self.topology.dlq(role)].append(_Msg(encode(message), headers))
             self._cond.notify_all()
 
     def messages(self, queue: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:

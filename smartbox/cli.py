@@ -1,7 +1,8 @@
 """The ``smartbox`` command: one subcommand per process, plus tools for operators.
 
 Exit codes: 0 success; 1 the work failed (see the message); 2 bad usage or configuration;
-3 ``deidentify --strict`` held something back.
+3 ``deidentify --strict`` held something back; 4 ``export --now`` found another pass holding the
+export lease (nothing exported); 5 ``reconcile`` found studies outstanding past their age.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import argparse
 import logging
 import os
 import sys
-import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -33,6 +33,13 @@ def _metrics_port(parser: argparse.ArgumentParser, default: int | None) -> None:
         default=default,
         help="port for /metrics, /healthz, /readyz (0: any free port; default %(default)s)",
     )
+    parser.add_argument(
+        "--metrics-host",
+        # loopback unless asked: the endpoints are unauthenticated (docs/operations.md)
+        default=os.environ.get("SMARTBOX_METRICS_HOST", "").strip() or "127.0.0.1",
+        help="address /metrics, /healthz, /readyz listen on (0.0.0.0: every interface; "
+        "default %(default)s, or SMARTBOX_METRICS_HOST)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
         "SMARTBOX_* environment variables (see docs/operations.md).",
     )
     parser.add_argument("--version", action="version", version=f"smartbox {__version__}")
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        help="DEBUG, INFO (default), WARNING, ERROR, CRITICAL (or SMARTBOX_LOG_LEVEL)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("receive", help="run one trust's DICOM receiver (C-STORE SCP + relay)")
@@ -84,22 +95,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("args", nargs=argparse.REMAINDER)
 
-    p = sub.add_parser("check-config", help="validate every trust file and the environment")
-
-    p = sub.add_parser("dlq", help="list or replay dead-lettered messages of a stage")
-    p.add_argument("action", choices=["list", "show", "replay"])
-    p.add_argument("role", choices=["anonymiser", "exporter", "national.ingest", "export.receipts"])
-    p.add_argument("--id", dest="message_id", help="only this message id (show, replay)")
-    p.add_argument("--limit", type=int, default=100)
+    p = sub.add_parser(
+        "check-config",
+        help="validate the trust files and the environment exactly as the processes do at start",
+    )
+    p.add_argument(
+        "--role",
+        dest="roles",
+        action="append",
+        choices=["receive", "anonymise", "export", "ingest"],
+        help="check what this process needs (repeatable; default: receive, anonymise, export)",
+    )
 
     p = sub.add_parser(
-        "purge-quarantine", help="delete processed identifiable originals past retention"
+        "purge-quarantine",
+        help="delete originals of nationally acknowledged studies past the grace period",
     )
     p.add_argument("--older-than-days", type=float, default=30.0, help="default %(default)s")
     p.add_argument("--dry-run", action="store_true", help="report, delete nothing")
+    p.add_argument(
+        "--staging-grace-days",
+        type=float,
+        default=None,
+        help="also delete staged copies this many days after national acknowledgement",
+    )
+
+    p = sub.add_parser(
+        "reconcile", help="expected, delivered and outstanding studies per trust and day"
+    )
+    p.add_argument("--trust", required=True, help="trust code")
+    p.add_argument("--from", dest="date_from", help="first day, YYYY-MM-DD (default: 30 days ago)")
+    p.add_argument("--to", dest="date_to", help="last day, YYYY-MM-DD (default: today, UTC)")
+
+    p = sub.add_parser("withdraw", help="withdraw a patient's data (national data opt-out)")
+    p.add_argument("--trust", required=True, help="the trust the request came through")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--nhs-number", help="the patient's NHS number")
+    who.add_argument("--patient-id", help="the patient's ID at the trust")
+    who.add_argument("--accession", help="an accession number of one of the patient's studies")
 
     p = sub.add_parser("held", help="list instances held back from export, with reasons")
     p.add_argument("--trust", help="only this trust")
+
+    from . import dlq_cli, report, trust_add
+
+    dlq_cli.add_parser(sub)
+    report.add_parser(sub)
+    trust_add.add_parser(sub)
     return parser
 
 
@@ -113,13 +155,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     from . import logs
 
+    try:
+        level = _log_level(args.log_level)
+    except ConfigError as exc:
+        return _config_error(exc)
     default_level = "WARNING" if args.command == "demo" else None
-    logs.setup(args.command, args.log_level or default_level)
+    logs.setup(args.command, level or default_level)
     try:
         return _dispatch(args)
     except ConfigError as exc:
-        print(f"smartbox: error: {exc}", file=sys.stderr)
-        return 2
+        return _config_error(exc)
     except TransientError as exc:
         print(f"smartbox: unavailable: {exc}", file=sys.stderr)
         return 1
@@ -127,8 +172,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _config_error(exc: ConfigError) -> int:
+    """Exit 2 with one line per problem, naming what to fix (never a traceback)."""
+    for line in str(exc).splitlines() or ["invalid configuration"]:
+        print(f"smartbox: error: {line}", file=sys.stderr)
+    return 2
+
+
+def _log_level(flag: str | None) -> str | None:
+    """The ``--log-level`` asked for (None: the default); it and SMARTBOX_LOG_LEVEL checked."""
+    from .validate import log_level
+
+    env = os.environ.get("SMARTBOX_LOG_LEVEL")
+    if env is not None:
+        log_level("environment: SMARTBOX_LOG_LEVEL", env)
+    return log_level("--log-level", flag) if flag is not None else None
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from . import preflight
+
+    report = preflight.check(args.roles or preflight.HUB_ROLES, require_trusts=True)
+    if report.problems:
+        return _config_error(ConfigError("\n".join(report.problems)))
+    for t in report.trusts.values():
+        print(f"{t.code}: {t.name}: AE {t.ae_title} port {t.port} ({t.source_file})")
+    roles = ", ".join(report.checked)
+    print(f"{len(report.trusts)} trust(s) valid; settings and keys valid for {roles}")
+    return 0
+
+
 def _dispatch(args: argparse.Namespace) -> int:
-    from .config import Settings, TrustRegistry, load_all_trusts, load_trust
+    from .config import Settings, TrustRegistry, load_trust
     from .keys import RegionalKey
 
     if args.command == "demo":
@@ -140,22 +215,42 @@ def _dispatch(args: argparse.Namespace) -> int:
             per_series=args.instances,
             workdir=args.workdir,
             metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
         )
 
-    settings = Settings.from_env()
     if args.command == "check-config":
-        all_trusts = load_all_trusts(settings.trusts_dir)
-        RegionalKey.from_env()
-        for t in all_trusts.values():
-            print(f"{t.code}: {t.name}: AE {t.ae_title} port {t.port} ({t.source_file})")
-        print(f"{len(all_trusts)} trust(s) valid; key present")
-        return 0
+        return _check_config(args)
+    from . import preflight
+
+    if args.command in preflight.ROLES:
+        # what check-config checks, checked the same way: every problem, one line each
+        settings = preflight.require(args.command, trust=getattr(args, "trust", None))
+        preflight.init_series(args.command, settings, trust=getattr(args, "trust", None))
+    else:
+        settings = Settings.from_env()
 
     if args.command == "dlq":
-        return _dlq(args, settings)
+        from . import dlq_cli
+
+        return dlq_cli.main(args, settings)
     if args.command == "held":
         return _held(args, settings)
+    if args.command in ("reconcile", "withdraw"):
+        from consumers.export_cli import reconcile_command, withdraw_command
+
+        command = reconcile_command if args.command == "reconcile" else withdraw_command
+        return command(args, settings)
+    if args.command == "report":
+        from . import report as report_command
+
+        return report_command.main(args, settings)
+    if args.command == "trust":
+        from . import trust_add
+
+        return trust_add.main(args, settings)
     if args.command == "purge-quarantine":
+        from consumers.export_policy import ExportPolicy
+
         from .retention import purge_quarantine
         from .s3 import S3Store
 
@@ -164,12 +259,22 @@ def _dispatch(args: argparse.Namespace) -> int:
             quarantine=settings.quarantine_bucket,
             staging=settings.staging_bucket,
             older_than_seconds=args.older_than_days * 86400,
+            alert_seconds=ExportPolicy.from_env().quarantine_alert_seconds,  # as the alert's
             dry_run=args.dry_run,
         )
         verb = "would purge" if args.dry_run else "purged"
         print(f"{verb} {report.purged_batches} batches ({report.purged_objects} objects)")
         for batch_key in report.unprocessed_old:
             print(f"not processed, past retention (kept): {batch_key}", file=sys.stderr)
+        if args.staging_grace_days is not None and not args.dry_run:
+            from .retention import purge_staging
+
+            n = purge_staging(
+                S3Store(settings.s3),
+                staging=settings.staging_bucket,
+                grace_seconds=args.staging_grace_days * 86400,
+            )
+            print(f"purged {n} staged objects of studies acknowledged nationally")
         return 0
 
     from . import runtime
@@ -177,8 +282,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "receive":
         trust = load_trust(settings.trusts_dir, args.trust)
         key = RegionalKey.from_env()
-        # metrics after the DICOM port: /healthz answering means the receiver takes C-STORE
         rt = runtime.start(f"receiver-{trust.code}", settings, metrics_port=None)
+        # the metrics port is bound first (one in use stops us before anything opens) but
+        # served after the DICOM port: /healthz answering means the receiver takes C-STORE
+        server = None
+        if args.metrics_port is not None:
+            server = runtime.bind_metrics(rt, args.metrics_port, args.metrics_host)
         from producers.receiver import ReceiverService
 
         service = ReceiverService(
@@ -190,9 +299,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             quarantine_bucket=settings.quarantine_bucket,
         )
         service.start(rt.stop)
-        server = None
-        if args.metrics_port is not None:
-            server = runtime.serve_metrics(rt, args.metrics_port)
+        if server is not None:
+            server.start()
             server.health.add_check("relay", lambda: service.relay.healthy)
             server.health.add_check("scp", service.scp_alive)
         rt.stop.wait()
@@ -203,11 +311,17 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "anonymise":
         from consumers.anonymiser import Anonymiser, Buckets
+        from consumers.deid.policy import PolicyBuilder
 
-        load_all_trusts(settings.trusts_dir)  # fail fast on any invalid trust file
-        trusts = TrustRegistry(settings.trusts_dir, default_options=settings.deid_options)
+        trusts = TrustRegistry(settings.trusts_dir)
         key = RegionalKey.from_env()
-        rt = runtime.start("anonymiser", settings, metrics_port=args.metrics_port)
+        policies = PolicyBuilder.from_env()  # checked with every trust's policy by require()
+        rt = runtime.start(
+            "anonymiser",
+            settings,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
+        )
         rt.bus.declare()
         anonymiser = Anonymiser(
             rt.store,
@@ -215,6 +329,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             key,
             trusts,
             Buckets(settings.quarantine_bucket, settings.staging_bucket),
+            policies=policies,
         )
         rt.bus.consume(
             "anonymiser",
@@ -225,93 +340,35 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
 
     if args.command == "export":
-        from consumers.exporter import Exporter, Schedule, run_scheduler
+        from consumers.export_cli import export_command
 
-        schedule = Schedule(settings.export_schedule, settings.export_timezone)
-        rt = runtime.start(
-            "exporter", settings, metrics_port=None if args.now else args.metrics_port
-        )
-        exporter = Exporter(
-            rt.store,
-            rt.national_store(),
-            rt.bus,
-            staging_bucket=settings.staging_bucket,
-            national_bucket=settings.national_bucket,
-        )
-        if args.now:
-            summary = exporter.export_pass()
-            for code in sorted(summary.instances):
-                print(
-                    f"{code}: batch {summary.batches.get(code, '-')}: "
-                    f"{summary.studies[code]} studies, {summary.instances[code]} instances"
-                )
-            print(f"exported {summary.total_instances} instances")
-            if summary.failed_trusts:
-                print(
-                    f"failed (still pending): {', '.join(summary.failed_trusts)}", file=sys.stderr
-                )
-                return 1
-            return 0
-        rt.bus.declare()
-        rt.store.ensure_bucket(settings.staging_bucket)
-        exporter.restore_state()
-        threading.Thread(
-            target=run_scheduler, args=(exporter, schedule, rt.stop), daemon=True
-        ).start()
-        threading.Thread(
-            target=rt.bus.consume,
-            args=("export.receipts", exporter.handle_receipt),
-            kwargs={"stop": rt.stop, "prefetch": 1},
-            daemon=True,
-        ).start()
-        if args.no_consume:
-            rt.stop.wait()
-        else:
-            rt.bus.consume("exporter", exporter.handle, stop=rt.stop, prefetch=settings.prefetch)
-        return 0
+        return export_command(args, settings)
 
     if args.command == "ingest":
         from consumers.ingest import NationalIngest
 
-        rt = runtime.start("ingest", settings, metrics_port=args.metrics_port)
+        rt = runtime.start(
+            "ingest", settings, metrics_port=args.metrics_port, metrics_host=args.metrics_host
+        )
         rt.bus.declare()
-        ingest = NationalIngest(rt.national_store(), rt.bus, archive_bucket=args.archive_bucket)
+        from .signing import Verifier
+
+        ingest = NationalIngest(
+            rt.national_store(),
+            rt.bus,
+            verifier=Verifier.from_env(),
+            archive_bucket=args.archive_bucket,
+        )
         rt.bus.consume("national.ingest", ingest.handle, stop=rt.stop, prefetch=settings.prefetch)
         return 0
 
     raise AssertionError(args.command)
 
 
-def _dlq(args: argparse.Namespace, settings: Settings) -> int:  # noqa: F821
-    import json
-
-    from .dlq import DeadLetters
-    from .topology import Topology
-
-    dlq = DeadLetters(settings.amqp_url, Topology(settings.namespace), args.role)
-    if args.action == "replay":
-        n = dlq.replay(args.message_id, args.limit)
-        print(f"replayed {n} message(s) from {dlq.queue}")
-        return 0 if n or args.message_id is None else 1
-    letters = dlq.list(args.limit)
-    if args.message_id:
-        letters = [x for x in letters if x.message_id == args.message_id]
-        if not letters:
-            print(f"no message {args.message_id} in {dlq.queue}", file=sys.stderr)
-            return 1
-    if args.action == "show":
-        for x in letters:
-            print(json.dumps({**x.summary(), "message": json.loads(x.body)}, indent=2))
-        return 0
-    print(f"{len(letters)} message(s) in {dlq.queue}")
-    for x in letters:
-        print(f"{x.message_id}  {x.schema or '?'}  {x.trust or '?'}  {x.reason}")
-    return 0
-
-
 def _held(args: argparse.Namespace, settings: Settings) -> int:  # noqa: F821
     from collections import Counter
 
+    from . import layout
     from .s3 import S3Store
     from .store import get_json
 
@@ -319,13 +376,15 @@ def _held(args: argparse.Namespace, settings: Settings) -> int:  # noqa: F821
     reasons: Counter[tuple[str, str]] = Counter()
     prefix = f"{args.trust}/" if args.trust else ""
     for key in store.list_keys(settings.staging_bucket, prefix):
-        if "/manifest-" not in key:
+        if not layout.is_study_manifest_key(key):
             continue
         manifest = get_json(store, settings.staging_bucket, key)
         for item in manifest.get("held_back", []):
             reasons[(manifest["trust"], item["reason"])] += 1
+            detail = f" ({item['detail']})" if item.get("detail") else ""
             print(
-                f"{manifest['trust']}  {manifest['study_uid']}  {item['source']}  {item['reason']}"
+                f"{manifest['trust']}  {manifest['study_uid']}  {item['source']}  "
+                f"{item['reason']}{detail}"
             )
     for (trust, reason), n in sorted(reasons.items()):
         print(f"total {trust} {reason}: {n}")

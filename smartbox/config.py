@@ -16,38 +16,19 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import validate
 from .errors import ConfigError
+from .inflate import DEFAULT_MAX_INFLATE_RATIO, DEFAULT_MAX_INFLATED_BYTES
 
 TRUST_CODE_RE = re.compile(r"^[A-Z0-9]{2,8}$")
 AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII except backslash
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-
-#: The ten option columns of PS3.15 Table E.1-1 (as named in the Annex E table data)
-DEID_OPTION_COLUMNS: tuple[str, ...] = (
-    "retain_safe_private",
-    "retain_uids",
-    "retain_device_identity",
-    "retain_institution_identity",
-    "retain_patient_characteristics",
-    "retain_longitudinal_full_dates",
-    "retain_longitudinal_modified_dates",
-    "clean_descriptors",
-    "clean_structured_content",
-    "clean_graphics",
-)
-KNOWN_DEID_OPTIONS = frozenset(DEID_OPTION_COLUMNS)
-#: Basic Profile + Retain Longitudinal Temporal Information with Modified Dates
-#: + Retain Patient Characteristics
-DEFAULT_DEID_OPTIONS = frozenset(
-    {"retain_longitudinal_modified_dates", "retain_patient_characteristics"}
-)
-
 
 @dataclass(frozen=True)
 class TlsConfig:
@@ -76,22 +57,39 @@ class TrustConfig:
     max_wait_seconds: float = 3600.0
     spool_high_water_bytes: int = 50 * 1024**3
     max_pdu: int = 131072
-    deid_options: frozenset[str] = DEFAULT_DEID_OPTIONS
-    #: False when the trust file names no options: the deployment default applies
-    deid_options_explicit: bool = False
-    #: consumers.deid MaskRule objects: pixel regions to blank for known devices
-    deid_mask_rules: tuple[Any, ...] = ()
-    deid_ocr: bool = False
-    deid_ocr_scope: str = "masked"
-    deid_ocr_match: str = "identifiers"
+    #: the ``[deidentification]`` table as written: parsed and validated by its one owner,
+    #: ``consumers.deid.policy`` (the plumbing does not know what a profile option means)
+    deidentification: Mapping[str, Any] = field(default_factory=dict, hash=False)
     tls: TlsConfig | None = None
     workers: int | None = None  # SCP worker processes; None: one per CPU (max 4); 0: in-process
     max_associations: int = 32  # concurrent associations per SCP worker process
+    #: limits on inflating a Deflated Explicit VR Little Endian dataset (deflate bombs)
+    max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES
+    max_inflate_ratio: float = DEFAULT_MAX_INFLATE_RATIO
+    #: connections not (yet) associated, per SCP worker process; the oldest is closed beyond it
+    max_pending_associations: int = 128
+    #: connections not (yet) associated from one source address, per SCP worker process
+    max_pending_per_address: int = 32
+    #: deadline from connect to a whole A-ASSOCIATE-RQ, and from an A-ASSOCIATE-RJ or
+    #: A-RELEASE-RP to the peer closing (PS3.8 ARTIM)
+    artim_seconds: float = 30.0
+    #: on an association, deadline for each whole PDU from when we start waiting for it
+    network_timeout_seconds: float = 60.0
+    #: the receiver's ledger forgets published instances after this many days: a resend
+    #: within it is a duplicate, a resend after it is stored and announced again
+    ledger_retention_days: float = 30.0
+    #: export fairness: every study of this trust is backfill (a cohort load) ...
+    backfill: bool = False
+    #: ... or those sent by these calling AE titles (an archive, a migration) ...
+    backfill_callers: tuple[str, ...] = ()
+    #: ... or those whose instances were all acquired more than this many days before arrival
+    prospective_max_age_days: float = 30.0
 
     def caller_allowed(self, calling_ae: str, address: str | None) -> tuple[bool, str]:
-        """Whether a calling AE title (and source address) may associate; and why not."""
-        if "*" not in self.allowed_callers and calling_ae.strip() not in self.allowed_callers:
-            return False, "calling_ae"
+        """Whether a source address and calling AE title may associate; and why not.
+
+        The source address is checked first: a peer outside ``allowed_networks`` learns
+        nothing about which AE titles would be accepted."""
         if self.allowed_networks and address is not None:
             try:
                 ip = ipaddress.ip_address(address)
@@ -99,6 +97,8 @@ class TrustConfig:
                 return False, "source_address"
             if not any(ip in ipaddress.ip_network(n, strict=False) for n in self.allowed_networks):
                 return False, "source_address"
+        if "*" not in self.allowed_callers and calling_ae.strip() not in self.allowed_callers:
+            return False, "calling_ae"
         return True, "ok"
 
 
@@ -119,6 +119,16 @@ _TRUST_KEYS = {
     "tls",
     "workers",
     "max_associations",
+    "max_inflated_bytes",
+    "max_inflate_ratio",
+    "max_pending_associations",
+    "max_pending_per_address",
+    "artim_seconds",
+    "network_timeout_seconds",
+    "ledger_retention_days",
+    "backfill",
+    "backfill_callers",
+    "prospective_max_age_days",
 }
 
 
@@ -140,6 +150,13 @@ def _number(
     if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
         raise _fail(path, key, f"must be a number from {lo:g} to {hi:g}")
     return float(value)
+
+
+def _integer(path: Path, raw: Mapping[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    value = _number(path, raw, key, default, lo, hi)
+    if not value.is_integer():
+        raise _fail(path, key, f"an integer {lo}-{hi}")
+    return int(value)
 
 
 def _str_list(path: Path, raw: Mapping[str, Any], key: str, default: list[str]) -> list[str]:
@@ -189,30 +206,10 @@ def parse_trust(path: Path, raw: Mapping[str, Any]) -> TrustConfig:
     high_water = _number(path, raw, "spool_high_water_bytes", 50 * 1024**3, 1024**2, 2**60)
     max_pdu = _number(path, raw, "max_pdu", 131072, 0, 2**32 - 1)
     deid = raw.get("deidentification", {})
-    deid_keys = {"options", "mask_rules", "ocr", "ocr_scope", "ocr_match"}
-    if not isinstance(deid, dict) or set(deid) - deid_keys:
-        raise _fail(path, "deidentification", f"a table with only {sorted(deid_keys)}")
-    mask_rules: tuple[Any, ...] = ()
-    if "mask_rules" in deid:
-        from consumers.deid.config import DeidConfigError, mask_rules_from_toml
-
-        try:
-            mask_rules = mask_rules_from_toml(deid["mask_rules"])
-        except DeidConfigError as exc:
-            raise ConfigError(f"{path}: field {exc}") from None
-    ocr = deid.get("ocr", False)
-    if not isinstance(ocr, bool):
-        raise _fail(path, "deidentification.ocr", "true or false")
-    ocr_scope = deid.get("ocr_scope", "masked")
-    if ocr_scope not in ("masked", "all"):
-        raise _fail(path, "deidentification.ocr_scope", "'masked' or 'all'")
-    ocr_match = deid.get("ocr_match", "identifiers")
-    if ocr_match not in ("identifiers", "any_text"):
-        raise _fail(path, "deidentification.ocr_match", "'identifiers' or 'any_text'")
-    options = frozenset(_str_list(path, deid, "options", sorted(DEFAULT_DEID_OPTIONS)))
-    bad = sorted(options - KNOWN_DEID_OPTIONS)
-    if bad:
-        raise _fail(path, "deidentification.options", f"unknown option {bad[0]!r}")
+    if not isinstance(deid, dict):
+        # its keys are checked by consumers.deid.policy (check-config, the anonymiser and
+        # smartbox deidentify all build the policy there)
+        raise _fail(path, "deidentification", "a table ([deidentification])")
     workers = raw.get("workers")
     if workers is not None and (
         isinstance(workers, bool) or not isinstance(workers, int) or not 0 <= workers <= 64
@@ -221,6 +218,17 @@ def parse_trust(path: Path, raw: Mapping[str, Any]) -> TrustConfig:
     max_assoc = _number(path, raw, "max_associations", 32, 1, 1000)
     if not float(max_assoc).is_integer():
         raise _fail(path, "max_associations", "an integer 1-1000")
+    max_pending = _integer(path, raw, "max_pending_associations", 128, 1, 10000)
+    max_pending_address = _integer(path, raw, "max_pending_per_address", 32, 1, 10000)
+    artim = _number(path, raw, "artim_seconds", 30, 0.1, 600)
+    network_timeout = _number(path, raw, "network_timeout_seconds", 60, 0.1, 3600)
+    backfill = raw.get("backfill", False)
+    if not isinstance(backfill, bool):
+        raise _fail(path, "backfill", "true or false")
+    backfill_callers = _str_list(path, raw, "backfill_callers", [])
+    for caller in backfill_callers:
+        if not AE_TITLE_RE.match(caller):
+            raise _fail(path, "backfill_callers", "each a 1-16 character AE title")
     return TrustConfig(
         code=code,
         name=_str(path, raw, "name"),
@@ -235,15 +243,24 @@ def parse_trust(path: Path, raw: Mapping[str, Any]) -> TrustConfig:
         max_wait_seconds=max_wait,
         spool_high_water_bytes=int(high_water),
         max_pdu=int(max_pdu),
-        deid_options=options,
-        deid_options_explicit="options" in deid,
-        deid_mask_rules=mask_rules,
-        deid_ocr=ocr,
-        deid_ocr_scope=ocr_scope,
-        deid_ocr_match=ocr_match,
+        deidentification=dict(deid),
         tls=_parse_tls(path, raw.get("tls")),
         workers=workers,
         max_associations=int(max_assoc),
+        max_inflated_bytes=_integer(
+            path, raw, "max_inflated_bytes", DEFAULT_MAX_INFLATED_BYTES, 1024**2, 2**40
+        ),
+        max_inflate_ratio=_number(
+            path, raw, "max_inflate_ratio", DEFAULT_MAX_INFLATE_RATIO, 2, 10**6
+        ),
+        max_pending_associations=max_pending,
+        max_pending_per_address=max_pending_address,
+        artim_seconds=artim,
+        network_timeout_seconds=network_timeout,
+        ledger_retention_days=_number(path, raw, "ledger_retention_days", 30, 1, 3650),
+        backfill=backfill,
+        backfill_callers=tuple(backfill_callers),
+        prospective_max_age_days=_number(path, raw, "prospective_max_age_days", 30, 0, 36500),
     )
 
 
@@ -301,14 +318,30 @@ def load_trust(trusts_dir: Path, code: str) -> TrustConfig:
 
 
 def load_all_trusts(trusts_dir: Path) -> dict[str, TrustConfig]:
-    """Every trust file in a directory, validated; duplicate AE titles or ports are errors."""
+    """Every trust file in a directory, validated; two trusts on one port are an error.
+
+    The directory must exist (``SMARTBOX_TRUSTS_DIR``, default ``trusts`` in the working
+    directory). ConfigError lists every bad file, one line each."""
+    if not trusts_dir.is_dir():
+        raise ConfigError(
+            f"SMARTBOX_TRUSTS_DIR: {trusts_dir} does not exist (from {Path.cwd()}): "
+            "point it at the folder of trust files"
+        )
     trusts: dict[str, TrustConfig] = {}
+    problems: list[str] = []
     for path in sorted(trusts_dir.glob("*.toml")):
-        trust = load_trust_file(path)
+        try:
+            trust = load_trust_file(path)
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
         for other in trusts.values():
             if other.port and other.port == trust.port:
-                raise _fail(path, "port", f"already used by {other.source_file.name}")
+                clash = _fail(path, "port", f"already used by {other.source_file.name}")
+                problems.append(str(clash))
         trusts[trust.code] = trust
+    if problems:
+        raise ConfigError("\n".join(problems))
     return trusts
 
 
@@ -340,19 +373,33 @@ class Settings:
     export_schedule: str
     export_timezone: str
     prefetch: int
-    deid_options: frozenset[str] = DEFAULT_DEID_OPTIONS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from ``environ`` (default ``os.environ``) plus SMARTBOX_SECRETS_FILE."""
-        env = dict(os.environ if environ is None else environ)
-        secrets_file = env.get("SMARTBOX_SECRETS_FILE")
-        if secrets_file:
-            for key, value in read_env_file(Path(secrets_file)).items():
-                env.setdefault(key, value)
+        """Build settings from ``environ`` (default ``os.environ``) plus SMARTBOX_SECRETS_FILE.
+
+        Every value is checked; ConfigError lists every problem found, one line each."""
+        settings, problems = cls.parse(environ)
+        if problems:
+            raise ConfigError("\n".join(problems))
+        return settings
+
+    @classmethod
+    def parse(cls, environ: Mapping[str, str] | None = None) -> tuple[Settings, list[str]]:
+        """Settings and the problems found (one line each); where a value is wrong, the
+        settings hold its default so that the remaining checks can still run."""
+        env = environment(environ)
+        problems: list[str] = []
 
         def get(key: str, default: str) -> str:
             return env.get(key, default)
+
+        def check(fn: Callable[..., Any], default: Any, *args: Any) -> Any:
+            try:
+                return fn(*args)
+            except ConfigError as exc:
+                problems.extend(str(exc).splitlines())
+                return default
 
         def flag(key: str, default: bool) -> bool:
             raw = env.get(key)
@@ -362,39 +409,46 @@ class Settings:
                 return True
             if raw.lower() in _FALSE:
                 return False
-            raise ConfigError(f"environment: {key}: expected true or false")
+            problems.append(f"environment: {key}: expected true or false")
+            return default
+
+        def endpoint(prefix: str, default: str, secure: bool) -> str:
+            key = f"SMARTBOX_{prefix}S3_ENDPOINT"
+            source = f"environment: {key}"
+            secure_key = f"SMARTBOX_{prefix}S3_SECURE"
+            return str(check(validate.s3_endpoint, default, source, get(key, default), secure_key))
 
         namespace = get("SMARTBOX_NAMESPACE", "smartbox")
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", namespace):
-            raise ConfigError("environment: SMARTBOX_NAMESPACE: letters, digits, '_', '.', '-'")
+            problems.append("environment: SMARTBOX_NAMESPACE: letters, digits, '_', '.', '-'")
         s3 = S3Settings(
-            endpoint=get("SMARTBOX_S3_ENDPOINT", "127.0.0.1:9000"),
+            endpoint=endpoint("", "127.0.0.1:9000", False),
             access_key=get("SMARTBOX_S3_ACCESS_KEY", "minioadmin"),
             secret_key=get("SMARTBOX_S3_SECRET_KEY", "minioadmin"),
             secure=flag("SMARTBOX_S3_SECURE", False),
             region=env.get("SMARTBOX_S3_REGION"),
         )
         national = S3Settings(
-            endpoint=get("SMARTBOX_NATIONAL_S3_ENDPOINT", s3.endpoint),
+            endpoint=endpoint("NATIONAL_", s3.endpoint, s3.secure),
             access_key=get("SMARTBOX_NATIONAL_S3_ACCESS_KEY", s3.access_key),
             secret_key=get("SMARTBOX_NATIONAL_S3_SECRET_KEY", s3.secret_key),
             secure=flag("SMARTBOX_NATIONAL_S3_SECURE", s3.secure),
             region=env.get("SMARTBOX_NATIONAL_S3_REGION", s3.region or "") or None,
         )
+        metrics_port = env.get("SMARTBOX_METRICS_PORT", "0").strip()
+        if not metrics_port.isdigit() or not 0 <= int(metrics_port) <= 65535:
+            # read by the command line as --metrics-port's default; checked here with the rest
+            problems.append("environment: SMARTBOX_METRICS_PORT: an integer 0-65535 (0: any free)")
         prefetch_raw = get("SMARTBOX_PREFETCH", "4")
         if not prefetch_raw.isdigit() or not 1 <= int(prefetch_raw) <= 1000:
-            raise ConfigError("environment: SMARTBOX_PREFETCH: an integer 1-1000")
-        raw_options = env.get("SMARTBOX_DEID_OPTIONS")
-        deid_options = DEFAULT_DEID_OPTIONS
-        if raw_options is not None:
-            deid_options = frozenset(o.strip() for o in raw_options.split(",") if o.strip())
-            unknown = sorted(deid_options - KNOWN_DEID_OPTIONS)
-            if unknown:
-                raise ConfigError(
-                    f"environment: SMARTBOX_DEID_OPTIONS: unknown option {unknown[0]!r}"
-                )
-        return cls(
-            amqp_url=get("SMARTBOX_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"),
+            problems.append("environment: SMARTBOX_PREFETCH: an integer 1-1000")
+            prefetch_raw = "4"
+        default_url = "amqp://guest:guest@127.0.0.1:5672/%2F"
+        url = get("SMARTBOX_AMQP_URL", default_url)
+        schedule = get("SMARTBOX_EXPORT_SCHEDULE", "0 1 * * *")
+        timezone = get("SMARTBOX_EXPORT_TIMEZONE", "Europe/London")
+        settings = cls(
+            amqp_url=check(validate.amqp_url, default_url, "environment: SMARTBOX_AMQP_URL", url),
             namespace=namespace,
             s3=s3,
             national_s3=national,
@@ -404,11 +458,26 @@ class Settings:
             trusts_dir=Path(get("SMARTBOX_TRUSTS_DIR", "trusts")),
             spool_dir=Path(get("SMARTBOX_SPOOL_DIR", "var/spool")),
             state_dir=Path(get("SMARTBOX_STATE_DIR", "var/state")),
-            export_schedule=get("SMARTBOX_EXPORT_SCHEDULE", "0 1 * * *"),
-            export_timezone=get("SMARTBOX_EXPORT_TIMEZONE", "Europe/London"),
+            export_schedule=check(
+                validate.cron, "0 1 * * *", "environment: SMARTBOX_EXPORT_SCHEDULE", schedule
+            ),
+            export_timezone=timezone
+            if check(validate.time_zone, None, "environment: SMARTBOX_EXPORT_TIMEZONE", timezone)
+            else "Europe/London",
             prefetch=int(prefetch_raw),
-            deid_options=deid_options,
         )
+        return settings, problems
+
+
+def environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``environ`` (default ``os.environ``) completed by the env-style file named by
+    ``SMARTBOX_SECRETS_FILE``: what every setting and key is read from (the environment wins)."""
+    env = dict(os.environ if environ is None else environ)
+    secrets_file = env.get("SMARTBOX_SECRETS_FILE")
+    if secrets_file:
+        for key, value in read_env_file(Path(secrets_file)).items():
+            env.setdefault(key, value)
+    return env
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -437,18 +506,17 @@ class TrustRegistry:
 
     Consumers serve every trust, so a new trust (a new file) or a changed profile must take
     effect without restarting them: ``get`` looks the file up by code and re-validates it
-    when its modification time changes.
+    when its modification time changes (a new ``TrustConfig`` object: consumers rebuild what
+    they derived from it, e.g. the anonymiser its de-identification policy).
     """
 
     def __init__(
         self,
         trusts_dir: Path | None,
         *,
-        default_options: frozenset[str] = DEFAULT_DEID_OPTIONS,
         static: dict[str, TrustConfig] | None = None,
     ) -> None:
         self.trusts_dir = trusts_dir
-        self.default_options = default_options
         self._static = dict(static or {})
         self._cache: dict[str, tuple[float, TrustConfig]] = {}
 
@@ -467,7 +535,5 @@ class TrustRegistry:
         if cached and cached[0] == mtime:
             return cached[1]
         trust = load_trust_file(path)
-        if not trust.deid_options_explicit:
-            trust = replace(trust, deid_options=self.default_options)
         self._cache[code] = (mtime, trust)
         return trust

@@ -27,6 +27,7 @@ from . import metrics
 from .bus import MemoryBus
 from .config import TrustConfig
 from .keys import RegionalKey
+from .signing import Signer
 from .store import LocalStore
 from .synthetic import make_ct_study
 
@@ -66,6 +67,7 @@ def run_demo(
     per_series: int = 3,
     workdir: str | None = None,
     metrics_port: int | None = 0,
+    metrics_host: str = "127.0.0.1",
     out=sys.stdout,
 ) -> int:
     from consumers.anonymiser import Anonymiser
@@ -102,7 +104,7 @@ def run_demo(
     stop = threading.Event()
     server = None
     if metrics_port is not None:
-        server = metrics.MetricsServer("127.0.0.1", metrics_port).start()
+        server = metrics.MetricsServer(metrics_host, metrics_port).start()
     print(f"smartbox demo in {root}; pseudonyms from {key_note}", file=out)
     services = {}
     for code, trust in trusts.items():
@@ -111,8 +113,9 @@ def run_demo(
         )
         services[code] = (svc, svc.start(stop))
     anonymiser = Anonymiser(store, bus, key, trusts)
-    exporter = Exporter(store, national, bus)
-    ingest = NationalIngest(national, bus)
+    signer = Signer.generate()  # a throwaway signing key; the national side gets its public half
+    exporter = Exporter(store, national, bus, signer=signer)
+    ingest = NationalIngest(national, bus, verifier=signer.verifier())
     threads = [
         threading.Thread(
             target=bus.consume, args=(role, handler), kwargs={"stop": stop}, daemon=True
@@ -148,7 +151,7 @@ def run_demo(
             time.sleep(0.2)
         time.sleep(0.3)
         summary = exporter.export_pass()
-        expected_batches = len(summary.batches)
+        expected_batches = sum(len(ids) for ids in summary.batches.values())
         deadline = time.monotonic() + 120
         receipts_queue = bus.topology.queue("export.receipts")
         while time.monotonic() < deadline:

@@ -22,7 +22,10 @@ class SmartboxError(Exception):
 
 
 class ConfigError(SmartboxError):
-    """Configuration is missing or invalid; the message names the file and field."""
+    """Configuration is missing or invalid; the message names the file and field.
+
+    A message of several lines is several problems, one per line (``smartbox check-config``
+    and every process at start report all they find at once)."""
 
 
 class TransientError(SmartboxError):

@@ -8,7 +8,7 @@ the tests there parse this module, so a rename breaks them loudly.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import (
@@ -21,6 +21,8 @@ from prometheus_client import (
     Info,
     generate_latest,
 )
+
+from .errors import ConfigError
 
 # --- receiver -------------------------------------------------------------------------------
 ASSOCIATIONS = Counter(
@@ -62,6 +64,11 @@ SPOOL_HIGH_WATER = Gauge(
 OLDEST_UNPUBLISHED = Gauge(
     "smartbox_oldest_unpublished_age_seconds",
     "Age of the oldest received instance not yet announced in study.arrived",
+    ["trust"],
+)
+LEDGER_PRUNED = Counter(
+    "smartbox_receiver_ledger_pruned_total",
+    "Ledger rows of published instances forgotten after ledger_retention_days",
     ["trust"],
 )
 RELAY_RETRIES = Counter(
@@ -127,6 +134,67 @@ INGEST_CHECKSUM_FAILURES = Counter(
     ["trust"],
 )
 
+BYTES_PENDING_EXPORT = Gauge(
+    "smartbox_bytes_pending_export", "Bytes of staged studies waiting for export", ["trust"]
+)
+OLDEST_PENDING_EXPORT = Gauge(
+    "smartbox_oldest_pending_export_age_seconds",
+    "Age of the oldest staged study waiting for export (0: none)",
+    ["trust"],
+)
+EXPORT_TRUST_BATCHES = Counter(
+    "smartbox_export_trust_batches_total", "Signed export batches published, per trust", ["trust"]
+)
+STUDIES_ACKNOWLEDGED = Counter(
+    "smartbox_export_studies_acknowledged_total",
+    "Study versions accepted by the national side (counted once each)",
+    ["trust"],
+)
+STUDIES_REJECTED = Counter(
+    "smartbox_export_studies_rejected_total",
+    "Study versions rejected by the national side (or never answered), by reason",
+    ["trust", "reason"],
+)
+STUDIES_RESENT = Counter(
+    "smartbox_export_studies_resent_total",
+    "Study versions exported again after a rejection",
+    ["trust"],
+)
+STUDIES_DEAD = Counter(
+    "smartbox_export_studies_failed_total",
+    "Study versions set aside after max_attempts (dead marker, smartbox reconcile), by reason",
+    ["trust", "reason"],
+)
+STUDIES_REPLAYED = Counter(
+    "smartbox_export_studies_replayed_total",
+    "Set-aside study versions queued for one more round by an operator (smartbox dlq replay)",
+    ["trust"],
+)
+EXPORT_BAD_OBJECTS = Counter(
+    "smartbox_export_bad_objects_total",
+    "Staged studies set aside from a batch because an object is missing or wrong, by reason",
+    ["trust", "reason"],
+)
+WITHDRAWALS = Counter(
+    "smartbox_withdrawals_total",
+    "Withdrawals by step (requested, removed_unexported, published, acknowledged, held_back)",
+    ["trust", "step"],
+)
+RETENTION_DELETED = Counter(
+    "smartbox_retention_deleted_objects_total",
+    "Objects deleted by retention, by bucket and why",
+    ["bucket", "why"],
+)
+QUARANTINE_UNPROCESSED_OLD = Gauge(
+    "smartbox_quarantine_unprocessed_old_batches",
+    "Quarantine batches past the alert age that were never processed (kept, never expired)",
+)
+INGEST_STUDIES = Counter(
+    "smartbox_ingest_studies_total",
+    "Study versions answered by the national ingest, by status and reason",
+    ["trust", "status", "reason"],
+)
+
 # --- every stage ----------------------------------------------------------------------------
 FAILURES = Counter(
     "smartbox_failures_total",
@@ -145,6 +213,72 @@ STAGE_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900),
 )
 BUILD = Info("smartbox_build", "smartbox version and the process role")
+
+# --- series at zero from start-up -----------------------------------------------------------
+_Labelled = Counter | Gauge | Histogram
+#: per process role: what it counts per trust (labelled by ``trust`` alone)
+TRUST_SERIES: dict[str, tuple[_Labelled, ...]] = {
+    "receive": (
+        INSTANCES_RECEIVED,
+        BYTES_RECEIVED,
+        STUDIES_ARRIVED,
+        INSTANCES_PUBLISHED,
+        RELAY_RETRIES,
+        STUDY_COMPLETION,
+    ),
+    "anonymise": (INSTANCES_STAGED, STUDIES_STAGED, NHS_FALLBACK),
+    "export": (
+        STUDIES_PENDING_EXPORT,
+        BYTES_PENDING_EXPORT,
+        OLDEST_PENDING_EXPORT,
+        INSTANCES_EXPORTED,
+        STUDIES_EXPORTED,
+        EXPORT_TRUST_BATCHES,
+        STUDIES_ACKNOWLEDGED,
+        STUDIES_RESENT,
+    ),
+    "ingest": (INSTANCES_INGESTED, INGEST_CHECKSUM_FAILURES),
+}
+#: per consuming role: its ``stage`` label in smartbox_stage_duration_seconds, and its queue
+#: role (the ``stage`` of smartbox_failures_total and smartbox_messages_total)
+STAGES: dict[str, tuple[str, str]] = {
+    "anonymise": ("anonymise", "anonymiser"),
+    "export": ("export", "exporter"),
+    "ingest": ("ingest", "national.ingest"),
+}
+EXPORT_RESULTS = ("published", "empty", "failed")
+
+
+def init_series(
+    role: str,
+    trusts: Iterable[str],
+    labelled: Mapping[_Labelled, Iterable[str]] | None = None,
+) -> None:
+    """Create at zero every series ``role`` reports, for each trust it knows at start.
+
+    A series that does not exist is not zero to Prometheus: ``rate``, ``increase`` and the
+    alerts on them (a silent trust, a failure ratio) see nothing until the first event, and a
+    dashboard misses the trust. ``labelled`` adds metrics whose second label is a closed
+    vocabulary (held-back reasons, C-STORE statuses), every value of it for every trust."""
+    from .bus import Outcome  # bus imports this module
+
+    stage = STAGES.get(role)
+    for trust in trusts:
+        for metric in TRUST_SERIES[role]:
+            metric.labels(trust)
+        if stage is not None:
+            STAGE_SECONDS.labels(trust, stage[0])
+            for kind in ("permanent", "transient"):
+                FAILURES.labels(trust, stage[1], kind)
+        for metric, values in (labelled or {}).items():
+            for value in values:
+                metric.labels(trust, value)
+    if stage is not None:
+        for outcome in Outcome:
+            MESSAGES_CONSUMED.labels(stage[1], outcome.value)
+    if role == "export":
+        for result in EXPORT_RESULTS:
+            EXPORT_BATCHES.labels(result)
 
 
 class HealthState:
@@ -209,7 +343,14 @@ class MetricsServer:
         registry: CollectorRegistry = REGISTRY,
     ) -> None:
         self.health = health or HealthState()
-        self._server = ThreadingHTTPServer((host, port), _handler_for(self.health, registry))
+        try:
+            self._server = ThreadingHTTPServer((host, port), _handler_for(self.health, registry))
+        except OSError as exc:  # in use, or an address this host does not have
+            raise ConfigError(
+                f"--metrics-port {port}: cannot listen on {host}:{port} ({exc.strerror}): "
+                "another process holds it; choose another port (SMARTBOX_METRICS_PORT, "
+                "0: any free port)"
+            ) from None
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics-http", daemon=True

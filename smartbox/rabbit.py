@@ -28,7 +28,7 @@ import schemas
 from . import metrics
 from .bus import Handler, Outcome, encode, handle_delivery
 from .errors import ConfigError, TransientError
-from .topology import WORK_QUEUES, Topology, routing_key
+from .topology import WORK_QUEUES, Topology, bindings, routing_key
 
 log = logging.getLogger(__name__)
 _CONN_ERRORS = (pex.AMQPConnectionError, pex.AMQPChannelError, pex.StreamLostError, OSError)
@@ -79,9 +79,10 @@ class RabbitBus:
             t = self.topology
             ch.exchange_declare(t.exchange, "topic", durable=True)
             ch.exchange_declare(t.dlx, "topic", durable=True)
-            for role, pattern in WORK_QUEUES.items():
+            for role in WORK_QUEUES:
                 ch.queue_declare(t.queue(role), durable=True, arguments=t.queue_arguments(role))
-                ch.queue_bind(t.queue(role), t.exchange, routing_key=pattern)
+                for pattern in bindings(role):
+                    ch.queue_bind(t.queue(role), t.exchange, routing_key=pattern)
                 ch.queue_declare(t.dlq(role), durable=True, arguments={"x-queue-type": "quorum"})
                 ch.queue_bind(t.dlq(role), t.dlx, routing_key=t.queue(role))
         except pex.ChannelClosedByBroker as exc:
@@ -160,6 +161,19 @@ class RabbitBus:
             headers=headers,
         )
         self._publish_raw(self.topology.dlx, self.topology.queue(role), body, new_props)
+
+    def dead_letter_message(self, role: str, message: dict[str, Any], reason: str) -> None:
+        """A message of our own straight into the role's DLQ (``Bus.dead_letter_message``)."""
+        if self.validate_on_publish:
+            schemas.validate(message)
+        props = pika.BasicProperties(
+            content_type="application/json",
+            message_id=message["message_id"],
+            correlation_id=message["correlation_id"],
+            type=message["schema"],
+            headers={"schema_version": message["version"], "trust": message["trust"]},
+        )
+        self.dead_letter(role, encode(message), props, reason)
 
     # --- consuming ----------------------------------------------------------------------
     def consume(

@@ -17,6 +17,9 @@ from .store import ObjectStore
 from .topology import Topology
 
 log = logging.getLogger(__name__)
+#: where /metrics, /healthz and /readyz listen unless ``SMARTBOX_METRICS_HOST`` or
+#: ``--metrics-host`` say otherwise: loopback, so that nothing is exposed by default
+DEFAULT_METRICS_HOST = "127.0.0.1"
 
 
 @dataclass
@@ -41,7 +44,7 @@ def start(
     role: str,
     settings: Settings,
     *,
-    metrics_host: str = "0.0.0.0",  # noqa: S104 - Prometheus scrapes from outside the host
+    metrics_host: str = DEFAULT_METRICS_HOST,
     metrics_port: int | None = None,
     install_signals: bool = True,
 ) -> Runtime:
@@ -61,13 +64,24 @@ def start(
 def serve_metrics(
     rt: Runtime,
     port: int,
-    host: str = "0.0.0.0",  # noqa: S104 - Prometheus scrapes from outside the host
+    host: str = DEFAULT_METRICS_HOST,
 ) -> metrics.MetricsServer:
     """Serve /metrics, /healthz and /readyz (bus and object store checks) for ``rt``."""
-    server = metrics.MetricsServer(host, port).start()
+    server = bind_metrics(rt, port, host).start()
+    log.info("metrics on http://%s:%d/metrics", host, server.port)
+    return server
+
+
+def bind_metrics(
+    rt: Runtime,
+    port: int,
+    host: str = DEFAULT_METRICS_HOST,
+) -> metrics.MetricsServer:
+    """The metrics server of ``rt``, its port bound but not yet serving (``start()`` it): a
+    process binds before it opens anything else, so a port in use stops it cleanly."""
+    server = metrics.MetricsServer(host, port)
     server.health.add_check("bus", rt.bus.ping)
     server.health.add_check("object_store", rt.store.ping)
-    log.info("metrics on http://%s:%d/metrics", host, server.port)
     rt.metrics_server = server
     return server
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import urllib3
 from minio import Minio
@@ -144,3 +144,74 @@ class S3Store:
         except (MinioException, urllib3.exceptions.HTTPError, OSError):
             return False
         return True
+
+    # --- conditional writes and streams (the exporter's lease and copies) ------------------
+    # S3 conditional writes: PutObject with If-None-Match: * (create only if absent) and
+    # If-Match: <etag> (compare-and-swap). AWS S3, MinIO and SeaweedFS 4.x answer 412
+    # PreconditionFailed (AWS may also answer 409 ConditionalRequestConflict to a racing
+    # writer). The minio client sends extra headers only through its low-level _put_object.
+    def _put_conditional(
+        self, bucket: str, key: str, data: bytes, condition: dict[str, str]
+    ) -> bool:
+        check_key(key)
+
+        def run() -> bool:
+            try:
+                self._client._put_object(
+                    bucket, key, data, headers={**condition, "Content-Type": "application/json"}
+                )
+            except S3Error as exc:
+                if exc.code in {"PreconditionFailed", "ConditionalRequestConflict"}:
+                    return False
+                raise
+            return True
+
+        return self._call(f"conditional put {bucket}/{key}", run)
+
+    def put_new(self, bucket: str, key: str, data: bytes) -> bool:
+        """Create ``key`` only if absent (``If-None-Match: *``); False if it exists."""
+        return self._put_conditional(bucket, key, data, {"If-None-Match": "*"})
+
+    def put_if_match(self, bucket: str, key: str, data: bytes, etag: str) -> bool:
+        """Replace ``key`` only if its ETag is still ``etag`` (``If-Match``)."""
+        return self._put_conditional(bucket, key, data, {"If-Match": f'"{etag}"'})
+
+    def get_versioned(self, bucket: str, key: str) -> tuple[bytes, str]:
+        """The object's bytes and its ETag (NotFound if absent)."""
+        check_key(key)
+
+        def run() -> tuple[bytes, str]:
+            response = self._client.get_object(bucket, key)
+            try:
+                return response.read(), str(response.headers.get("ETag", "")).strip('"')
+            finally:
+                response.close()
+                response.release_conn()
+
+        return self._call(f"get {bucket}/{key}", run)
+
+    def open_read(self, bucket: str, key: str) -> Any:
+        """A readable stream of the object (close it); NotFound if absent."""
+        check_key(key)
+        return self._call(f"get {bucket}/{key}", lambda: self._client.get_object(bucket, key))
+
+    def put_stream(self, bucket: str, key: str, stream: Any, length: int) -> None:
+        """Upload ``length`` bytes from ``stream``; the client buffers one part at a time."""
+        check_key(key)
+        self._call(
+            f"put {bucket}/{key}",
+            lambda: self._client.put_object(bucket, key, stream, length, part_size=_PART),
+        )
+
+    def iter_keys(self, bucket: str, prefix: str = "") -> Iterator[str]:
+        """Keys under ``prefix`` lazily, page by page (S3 lists in key order)."""
+        try:
+            for obj in self._client.list_objects(bucket, prefix=prefix, recursive=True):
+                if not obj.is_dir:
+                    yield str(obj.object_name)
+        except S3Error as exc:
+            raise TransientError(f"list {bucket}/{prefix}: S3 error {exc.code}") from exc
+        except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise TransientError(
+                f"list {bucket}/{prefix}: {self.endpoint} unavailable ({type(exc).__name__})"
+            ) from exc

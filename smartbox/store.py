@@ -13,9 +13,9 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from .errors import NotFound, PermanentError, TransientError
 
@@ -89,23 +89,142 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+def durable_temp(directory: Path, fill: Callable[[BinaryIO], object]) -> Path:
+    """A fsync'd temporary file in ``directory`` holding what ``fill`` wrote (the caller
+    renames or links it into place; listings skip ``.tmp-`` names)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            fill(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    tmp = durable_temp(path.parent, lambda f: f.write(data))
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
 
 
-class LocalStore:
+# --- conditional writes and streams: the exporter's lease and copies (smartbox.transfer) -----
+def _md5_hex(data: bytes) -> str:
+    # the S3 ETag of a single-part object is the MD5 of its bytes: the twin mimics it
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+class _LocalConditional:
+    """LocalStore's conditional writes: exclusive create by ``link``, compare-and-swap under
+    ``flock`` on the bucket directory (works across processes on one host, as the demo needs)."""
+
+    root: Path
+
+    def _path(self, bucket: str, key: str) -> Path:
+        raise NotImplementedError
+
+    def put_new(self, bucket: str, key: str, data: bytes) -> bool:
+        """Create ``key`` only if absent (S3 ``If-None-Match: *``); False if it exists."""
+        path = self._path(bucket, key)
+        tmp = durable_temp(path.parent, lambda f: f.write(data))
+        try:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            fsync_dir(path.parent)
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def get_versioned(self, bucket: str, key: str) -> tuple[bytes, str]:
+        """The object's bytes and its ETag (NotFound if absent)."""
+        try:
+            data = self._path(bucket, key).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"{bucket}/{key} not found") from None
+        return data, _md5_hex(data)
+
+    def put_if_match(self, bucket: str, key: str, data: bytes, etag: str) -> bool:
+        """Replace ``key`` only if its ETag is still ``etag`` (S3 ``If-Match``)."""
+        import fcntl
+
+        fd = os.open(self.root / bucket, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = self._path(bucket, key).read_bytes()
+            except FileNotFoundError:
+                return False
+            if _md5_hex(current) != etag:
+                return False
+            atomic_write(self._path(bucket, key), data)
+            return True
+        finally:
+            os.close(fd)  # releases the lock
+
+    def open_read(self, bucket: str, key: str) -> Any:
+        """A readable binary stream of the object (close it); NotFound if absent."""
+        try:
+            return self._path(bucket, key).open("rb")
+        except FileNotFoundError:
+            raise NotFound(f"{bucket}/{key} not found") from None
+
+    def put_stream(self, bucket: str, key: str, stream: Any, length: int) -> None:
+        """Store ``length`` bytes read from ``stream`` in chunks (never whole in memory)."""
+        path = self._path(bucket, key)
+
+        def fill(f: BinaryIO) -> None:
+            remaining = length
+            while remaining > 0:
+                chunk = stream.read(min(remaining, 1 << 20))
+                if not chunk:
+                    raise ValueError("source stream ended early")
+                f.write(chunk)
+                remaining -= len(chunk)
+
+        tmp = durable_temp(path.parent, fill)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
+
+    def iter_keys(self, bucket: str, prefix: str = "") -> Iterator[str]:
+        """Keys under ``prefix`` lazily, directory by directory in name order (a caller that
+        needs only the first few does not walk the rest)."""
+        base = self.root / bucket
+        head, _, _ = prefix.rpartition("/")
+        start = base / head if head else base
+
+        def walk(directory: Path) -> Iterator[str]:
+            try:
+                entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            except FileNotFoundError:
+                return
+            for entry in entries:
+                if entry.name.startswith(".tmp-"):
+                    continue
+                if entry.is_dir():
+                    yield from walk(Path(entry.path))
+                else:
+                    key = Path(entry.path).relative_to(base).as_posix()
+                    if key.startswith(prefix):
+                        yield key
+
+        yield from walk(start)
+
+
+class LocalStore(_LocalConditional):
     """Buckets as directories under ``root``. For ``smartbox demo`` and unit tests."""
 
     def __init__(self, root: Path) -> None:

@@ -16,6 +16,9 @@ WORK_QUEUES: dict[str, str] = {
     "national.ingest": "export.batch.*",
     "export.receipts": "export.receipt.*",
 }
+#: further binding keys of a work queue: ``export.failed.*`` reaches the exporter only when an
+#: operator replays a study the exporter dead-lettered itself (``smartbox dlq replay exporter``)
+EXTRA_BINDINGS: dict[str, tuple[str, ...]] = {"exporter": ("export.failed.*",)}
 DELIVERY_LIMIT = 5
 
 
@@ -53,6 +56,11 @@ class Topology:
 
     def roles(self) -> list[str]:
         return list(WORK_QUEUES)
+
+
+def bindings(role: str) -> tuple[str, ...]:
+    """Every binding key of a work queue on the events exchange (its own first)."""
+    return (WORK_QUEUES[role], *EXTRA_BINDINGS.get(role, ()))
 
 
 def routing_key(schema: str, trust: str) -> str:

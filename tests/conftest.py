@@ -18,16 +18,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers.services import S3Server, start_s3_server  # noqa: E402
-from helpers.util import wait_for  # noqa: E402,F401
+from helpers.util import IN_CI, missing, wait_for  # noqa: E402,F401
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
 RABBITMQ_URL = os.environ.get("SMARTBOX_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
 
-def missing(what: str) -> None:
-    if IN_CI:
-        pytest.fail(f"{what} (CI=true: a missing service fails the run)")
-    pytest.skip(what)
 
 
 @pytest.fixture(scope="session")

@@ -11,23 +11,21 @@ file); 3 something was held back and ``--strict`` was given.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
-import os
 import sys
-import tomllib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from .config import (
-    DEFAULT_OPTIONS,
-    DeidConfigError,
-    DeidPolicy,
-    PseudonymKey,
-    mask_rules_from_toml,
-)
+from smartbox import logs
+from smartbox.config import environment, load_trust
+from smartbox.errors import ConfigError
+
+from .config import DeidPolicy, PseudonymKey
 from .deidentifier import Deidentifier
+from .policy import PolicyBuilder
+from .reasons import Reason
 from .table import CODE_VERSION, TABLE_EDITION
 
 
@@ -43,40 +41,22 @@ def _parser() -> argparse.ArgumentParser:
         "--trusts-dir",
         type=Path,
         metavar="DIR",
-        default=Path(os.environ.get("SMARTBOX_TRUSTS_DIR", "trusts")),
+        default=None,
+        help="folder of trust files (default: $SMARTBOX_TRUSTS_DIR, else ./trusts)",
     )
     p.add_argument("--strict", action="store_true", help="exit 3 if anything is held back")
     return p
 
 
-def policy_for(trust: str | None, trusts_dir: Path) -> DeidPolicy:
-    """The trust's policy from ``<trusts_dir>/<CODE>.toml`` (tolerant: missing keys default)."""
+def policy_for(
+    trust: str | None, trusts_dir: Path, environ: dict[str, str] | None = None
+) -> DeidPolicy:
+    """The policy the pipeline applies to ``trust`` (its trust file, validated as every process
+    validates it, and the deployment's defaults): the one builder, ``policy.PolicyBuilder``."""
+    builder = PolicyBuilder.from_env(environ)
     if not trust:
-        return DeidPolicy(trust_code="LOCAL")
-    path = trusts_dir / f"{trust}.toml"
-    try:
-        doc: dict[str, Any] = tomllib.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise DeidConfigError(f"{path}: no such trust file") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise DeidConfigError(f"{path}: {exc}") from exc
-    trust_doc = doc.get("trust", doc) if isinstance(doc.get("trust"), dict) else doc
-    deid_doc = doc.get("deidentification", {})
-    options = deid_doc.get("options")
-    rules = mask_rules_from_toml(
-        deid_doc.get("mask_rules", []), where=f"{path}: deidentification.mask_rules"
-    )
-    return DeidPolicy(
-        trust_code=str(trust_doc.get("code", trust)),
-        nhs_number_attribute=str(trust_doc.get("nhs_number_attribute", "PatientID")),
-        options=frozenset(options) if options is not None else DEFAULT_OPTIONS,
-        max_date_shift_days=int(deid_doc.get("max_date_shift_days", 365)),
-        mask_rules=rules,
-        ocr=bool(deid_doc.get("ocr", False)),
-        ocr_scope=str(deid_doc.get("ocr_scope", "masked")),
-        ocr_match=str(deid_doc.get("ocr_match", "identifiers")),
-        ocr_max_frames=int(deid_doc.get("ocr_max_frames", 3)),
-    )
+        return builder.local()
+    return builder.for_trust(load_trust(trusts_dir, trust))
 
 
 def _files(inputs: list[str]) -> Iterator[Path]:
@@ -90,16 +70,20 @@ def _files(inputs: list[str]) -> Iterator[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        key = PseudonymKey.from_env()
-        policy = policy_for(args.trust, args.trusts_dir)
+    logs.setup("deidentify")  # the same log hygiene as the pipeline: no element values
+    try:  # the key, the trust file and the defaults exactly as the anonymiser reads them
+        env = environment()
+        trusts_dir = args.trusts_dir or Path(env.get("SMARTBOX_TRUSTS_DIR", "trusts"))
+        key = PseudonymKey.from_env(env)
+        policy = policy_for(args.trust, trusts_dir, env)
         deid = Deidentifier(key, policy)
-    except DeidConfigError as exc:
-        print(f"smartbox deidentify: {exc}", file=sys.stderr)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            print(f"smartbox deidentify: {line}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
 
-    held: Counter[str] = Counter()
+    held: Counter[Reason] = Counter()
     written, read_ok, total = 0, 0, 0
     held_files: list[dict[str, str]] = []
     nhs_fallbacks = masked = 0
@@ -110,11 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             raw = path.read_bytes()
         except OSError as exc:
-            held["unreadable"] += 1
-            held_files.append({"input": str(path), "reason": f"unreadable:{exc.errno}"})
+            held[Reason.UNREADABLE] += 1
+            code = errno.errorcode.get(exc.errno or 0, "EIO")
+            held_files.append(
+                {"input": str(path), "reason": Reason.UNREADABLE.value, "detail": code}
+            )
             continue
         result = deid.process(raw)
-        if result.reason != "unparseable":
+        if result.reason != Reason.UNPARSEABLE:
             read_ok += 1
         if result.ok and result.data is not None:
             (args.out / f"{result.sop_instance_uid}.dcm").write_bytes(result.data)
@@ -122,9 +109,12 @@ def main(argv: list[str] | None = None) -> int:
             nhs_fallbacks += not result.nhs_number_valid
             masked += result.mask_rule is not None
         else:
-            reason = result.reason or "unknown"
+            reason = result.reason or Reason.DEID_ERROR
             held[reason] += 1
-            held_files.append({"input": str(path), "reason": reason})
+            item = {"input": str(path), "reason": reason.value}
+            if result.detail:
+                item["detail"] = result.detail
+            held_files.append(item)
 
     summary = {
         "code_version": CODE_VERSION,
@@ -135,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "files": total,
         "written": written,
         "held_back": sum(held.values()),
-        "held_back_by_reason": dict(sorted(held.items())),
+        "held_back_by_reason": {r.value: n for r, n in sorted(held.items())},
         "nhs_number_fallbacks": nhs_fallbacks,
         "pixels_masked": masked,
         "mask_rules": len(policy.mask_rules),

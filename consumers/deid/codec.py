@@ -1,5 +1,7 @@
 """Reading what a trust sent, and writing the result in the same transfer syntax.
 
+A deflated dataset is inflated within the trust's limits first (``inflate``), never whole.
+
 Writing is split around the pixel data so the verification gate can scan every byte of the
 output except the pixels, without encoding anything twice. Pixel data is written from the
 bytes as read: never decoded, never decompressed (unless a mask rule rewrote native pixels).
@@ -16,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BytesIO
 
 from pydicom import dcmread
@@ -33,6 +35,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from .config import InflateLimits
+from .inflate import DecompressionLimit, read_deflated
 from .table import CODE_VERSION
 
 #: Identifies this de-identifier in the file meta (stable, derived, under 2.25).
@@ -50,12 +54,20 @@ class Unparseable(Exception):
     """The input is not a DICOM instance we can read."""
 
 
-def read(raw: bytes) -> Dataset:
-    """Parse a Part-10 file (preamble optional) or a bare dataset; raise Unparseable."""
+DEFAULT_LIMITS = InflateLimits()
+
+
+def read(raw: bytes, limits: InflateLimits = DEFAULT_LIMITS) -> Dataset:
+    """Parse a Part-10 file (preamble optional) or a bare dataset; raise Unparseable, or
+    DecompressionLimit if a deflated dataset would inflate beyond ``limits``."""
     if raw[:4] == b"DICM":  # the marker without its 128-byte preamble
         raw = b"\x00" * 128 + raw
     try:
-        ds = dcmread(BytesIO(raw), force=True)
+        ds = read_deflated(raw, limits)
+        if ds is None:
+            ds = dcmread(BytesIO(raw), force=True)
+    except DecompressionLimit:
+        raise
     except Exception as exc:  # noqa: BLE001 - any reader failure means "unparseable"
         raise Unparseable(type(exc).__name__) from exc
     if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
@@ -111,6 +123,8 @@ class Encoded:
     body: bytes  # the dataset encoding without pixel data, uncompressed
     implicit: bool
     little: bool
+    #: the pixel data element(s) as written (header + value chunks, uncompressed)
+    pixels: list[bytes] = field(default_factory=list)
 
 
 _LONG_VRS = frozenset(
@@ -350,5 +364,11 @@ def write(ds: Dataset, ts: UID) -> Encoded:
         data = b"".join([head, body_bytes, *pixels])
     tail_bytes = b"".join(tail)
     return Encoded(
-        data, head + body_bytes + tail_bytes, meta, body_bytes + tail_bytes, implicit, little
+        data,
+        head + body_bytes + tail_bytes,
+        meta,
+        body_bytes + tail_bytes,
+        implicit,
+        little,
+        pixels,
     )

@@ -1,77 +1,73 @@
-"""Configuration value objects of the de-identifier: the pseudonym key and the policy.
+"""Configuration value objects of the de-identifier: the option columns, the policy, mask rules.
 
-The key never has a default: a missing key is a configuration error that stops every
-de-identifying command before it touches a file.
+This package owns its options: the ten Annex E option columns and the default profile are
+defined here, and a trust's policy is built from its trust file by ``policy.PolicyBuilder``
+only (the anonymiser, ``smartbox deidentify``, ``smartbox withdraw`` and ``check-config``
+all ask it). The key is the one regional key of ``smartbox.keys`` (``PseudonymKey`` is that
+class): one loader, one rule for whitespace and length. It never has a default: a missing key
+is a configuration error that stops every de-identifying command before it touches a file.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from smartbox.config import DEFAULT_DEID_OPTIONS, DEID_OPTION_COLUMNS
+from smartbox.errors import ConfigError
+from smartbox.inflate import InflateLimits
+from smartbox.keys import (
+    KEY_ENV,
+    KEY_FILE_ENV,
+    KEY_VERSION_ENV,
+    MIN_KEY_BYTES,
+    RegionalKey,
+)
 
-#: The ten option columns of PS3.15 Table E.1-1 and the default profile (issue 4) are defined
-#: once, with the trust-file validation that uses them.
-OPTION_COLUMNS: tuple[str, ...] = DEID_OPTION_COLUMNS
-DEFAULT_OPTIONS: frozenset[str] = DEFAULT_DEID_OPTIONS
+#: The ten option columns of PS3.15 Table E.1-1 (as named in the Annex E table data)
+OPTION_COLUMNS: tuple[str, ...] = (
+    "retain_safe_private",
+    "retain_uids",
+    "retain_device_identity",
+    "retain_institution_identity",
+    "retain_patient_characteristics",
+    "retain_longitudinal_full_dates",
+    "retain_longitudinal_modified_dates",
+    "clean_descriptors",
+    "clean_structured_content",
+    "clean_graphics",
+)
+#: Basic Profile + Retain Longitudinal Temporal Information with Modified Dates
+#: + Retain Patient Characteristics
+DEFAULT_OPTIONS: frozenset[str] = frozenset(
+    {"retain_longitudinal_modified_dates", "retain_patient_characteristics"}
+)
+#: The regional HMAC secret and its version label (recorded with every output)
+PseudonymKey = RegionalKey
 
-KEY_ENV = "SMARTBOX_PSEUDONYM_KEY"
-KEY_FILE_ENV = "SMARTBOX_PSEUDONYM_KEY_FILE"
-KEY_VERSION_ENV = "SMARTBOX_PSEUDONYM_KEY_VERSION"
+__all__ = [
+    "DEFAULT_OPTIONS",
+    "KEY_ENV",
+    "KEY_FILE_ENV",
+    "KEY_VERSION_ENV",
+    "MIN_KEY_BYTES",
+    "OPTION_COLUMNS",
+    "DeidConfigError",
+    "DeidPolicy",
+    "InflateLimits",
+    "MaskRect",
+    "MaskRule",
+    "PseudonymKey",
+    "mask_rules_from_toml",
+    "tesseract_path",
+]
 
 
-class DeidConfigError(Exception):
-    """The de-identifier cannot run safely with this configuration (e.g. no key)."""
-
-
-@dataclass(frozen=True)
-class PseudonymKey:
-    """The regional HMAC secret and its version label (recorded with every output)."""
-
-    secret: bytes = field(repr=False)
-    version: str = "k1"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.secret, bytes) or not self.secret:
-            raise DeidConfigError("pseudonym key secret must be non-empty bytes")
-        if not self.version or len(self.version) > 16 or not self.version.isprintable():
-            raise DeidConfigError("pseudonym key version must be 1-16 printable characters")
-
-    def __repr__(self) -> str:
-        return f"PseudonymKey(version={self.version!r}, secret=<{len(self.secret)} bytes>)"
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> PseudonymKey:
-        """Read the key from ``SMARTBOX_PSEUDONYM_KEY`` or the file named by
-        ``SMARTBOX_PSEUDONYM_KEY_FILE``; the version from ``SMARTBOX_PSEUDONYM_KEY_VERSION``."""
-        version = environ.get(KEY_VERSION_ENV, "").strip() or "k1"
-        value = environ.get(KEY_ENV, "")
-        path = environ.get(KEY_FILE_ENV, "")
-        if value and path:
-            raise DeidConfigError(f"set only one of {KEY_ENV} and {KEY_FILE_ENV}, not both")
-        if path:
-            try:
-                raw = Path(path).read_bytes()
-            except OSError as exc:
-                raise DeidConfigError(
-                    f"cannot read the pseudonym key file named by {KEY_FILE_ENV}: "
-                    f"{exc.strerror or exc}"
-                ) from exc
-            secret = raw.strip()
-        else:
-            secret = value.strip().encode("utf-8")
-        if not secret:
-            raise DeidConfigError(
-                f"no pseudonym key: set {KEY_ENV} (or {KEY_FILE_ENV} to a file holding it). "
-                "There is deliberately no default key; de-identification refuses to run."
-            )
-        return cls(secret=secret, version=version)
+class DeidConfigError(ConfigError):
+    """The de-identifier cannot run safely with this configuration (a bad trust-file field,
+    OCR without tesseract): a ``ConfigError``, so every process stops at start on it."""
 
 
 @dataclass(frozen=True)
@@ -261,6 +257,7 @@ class DeidPolicy:
     ocr_scope: str = "masked"
     ocr_match: str = "identifiers"
     ocr_max_frames: int = 3
+    inflate: InflateLimits = InflateLimits()
 
     def __post_init__(self) -> None:
         unknown = set(self.options) - set(OPTION_COLUMNS)

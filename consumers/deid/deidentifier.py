@@ -1,13 +1,17 @@
 """One instance in, one de-identified instance (or a reason to hold it back) out.
 
-raw bytes -> read -> collect identifiers -> pixel gate (hold back, or mask rule) -> table
-walk -> receipts -> write (same transfer syntax, pixels untouched unless masked)
--> verification gate -> optional OCR verifier
+raw bytes -> read (deflated: inflated within bounds) -> collect identifiers -> pixel gate
+(hold back, or mask rule) -> table walk -> receipts -> write (same transfer syntax, pixels
+untouched unless masked) -> verification gate (text, bytes, pixel data) -> optional OCR
+
+Every way out that is not a de-identified instance is a ``Reason`` (``reasons``): a bad
+instance is held back, never raised, so it cannot stop the rest of its study.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom.dataset import Dataset
 
@@ -16,7 +20,9 @@ from .config import DeidConfigError, DeidPolicy, PseudonymKey, tesseract_path
 from .engine import InstanceContext, TableWalker
 from .masking import apply_mask
 from .pixel_gate import decide
+from .pixels import pixel_reason
 from .pseudonyms import Pseudonymiser
+from .reasons import Reason, check_detail, exception_detail
 from .receipts import add_receipts
 from .table import compile_table
 from .verify import Identifiers, verify_output
@@ -24,10 +30,15 @@ from .verify import Identifiers, verify_output
 
 @dataclass
 class DeidResult:
-    """Outcome for one instance. Nothing here identifies the patient."""
+    """Outcome for one instance. Nothing here identifies the patient.
+
+    ``reason`` is a ``Reason`` (a plain string is accepted only if it is one: anything else
+    raises ``ValueError`` where it is set, a programming error); ``detail`` an optional
+    identifier-like token beside it (exception class, identifier kind), never a value.
+    """
 
     ok: bool
-    reason: str | None
+    reason: Reason | None
     data: bytes | None
     study_uid: str | None = None
     series_uid: str | None = None
@@ -38,6 +49,15 @@ class DeidResult:
     nhs_number_valid: bool = False
     #: name of the mask rule whose rectangles were blanked ("" if unnamed), else None
     mask_rule: str | None = None
+    detail: str | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # validated where it is made, not when study.staged finally fails its schema
+        if name == "reason" and value is not None:
+            value = Reason(value)
+        elif name == "detail":
+            value = check_detail(value)
+        object.__setattr__(self, name, value)
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:
@@ -93,13 +113,16 @@ class Deidentifier:
     def process(self, raw: bytes) -> DeidResult:
         """De-identify one Part-10 file. Never raises for bad input: it holds it back."""
         try:
-            ds = codec.read(raw)
+            ds = codec.read(raw, self.policy.inflate)
+        except codec.DecompressionLimit:
+            return DeidResult(False, Reason.DECOMPRESSION_LIMIT, None)
         except codec.Unparseable:
-            return DeidResult(False, "unparseable", None)
+            return DeidResult(False, Reason.UNPARSEABLE, None)
         try:
             return self._process(ds)
-        except Exception as exc:  # noqa: BLE001 - a bad instance must not stop the consumer
-            return DeidResult(False, f"deid_error:{type(exc).__name__}", None)
+        except Exception as exc:  # noqa: BLE001 - a bad instance must not stop its study
+            # the class only: an exception's message may quote the input's values
+            return DeidResult(False, Reason.DEID_ERROR, None, detail=exception_detail(exc))
 
     def _process(self, ds: Dataset) -> DeidResult:
         pseudonym, nhs_ok = self.patient_pseudonym(
@@ -151,7 +174,11 @@ class Deidentifier:
         encoded = codec.write(ds, ts)
         kind = verify_output(encoded, ids)
         if kind:
-            result.reason = f"verification_failed:{kind}"
+            result.reason = Reason.verification(kind)
+            return result
+        held = pixel_reason(ds, ts, encoded.pixels, ids)
+        if held is not None:
+            result.reason, result.detail = held
             return result
         if self._tesseract and (result.mask_rule is not None or self.policy.ocr_scope == "all"):
             reason = ocr.check(

@@ -81,6 +81,12 @@ UID_KEYWORDS = (
     "FrameOfReferenceUID",
     "MediaStorageSOPInstanceUID",
 )
+#: Every kind the scanners can return (each has its ``Reason.verification(kind)``).
+KINDS = frozenset(
+    {*ID_KEYWORDS.values(), *ADDRESS_KEYWORDS.values(), *PHONE_KEYWORDS.values()}
+    | {"person_name", "nhs_number", "birth_date", "original_uid", "identifier"}
+    | {"nhs_number_pattern", "postcode_pattern", "phone_pattern"}
+)
 _INTEREST = frozenset(
     int(tag_for_keyword(kw) or 0)
     for kw in (*ID_KEYWORDS, *ADDRESS_KEYWORDS, *PHONE_KEYWORDS, *UID_KEYWORDS, "PatientBirthDate")
@@ -167,6 +173,7 @@ class Identifiers:
         self._phone_text_re: re.Pattern[str] | None = None
         self._phone_bytes_re: re.Pattern[bytes] | None = None
         self._literals: dict[bytes, tuple[str, bool, bool]] = {}
+        self._patient_literals: tuple[tuple[bytes, tuple[str, bool, bool]], ...] = ()
         self._compiled = False
         #: values we generated ourselves (the patient pseudonym: 32 hex digits, which can look
         #: like a phone or NHS number by chance); exempt from the generic patterns only
@@ -250,12 +257,21 @@ class Identifiers:
         key = (tuple(sorted(self.values.items())), tuple(self.encodings))
         scanners = _compiled_scanners(key)
         self._text_literals, self._phone_text_re, self._phone_bytes_re, literals = scanners
+        self._patient_literals = literals
         self._literals = dict(literals)
         # UIDs are ASCII: the raw byte scan sees every one of them, wherever it hides.
         for uid in self.uids:
             encoded = uid.encode("ascii", "replace")
             self._literals.setdefault(encoded, ("original_uid", False, False))
         self._compiled = True
+
+    def byte_literals(self) -> tuple[tuple[bytes, tuple[str, bool, bool]], ...]:
+        """The patient's identifiers of 3+ characters as lower-cased bytes in every encoding
+        ``search_bytes`` tries, with (kind, left, right); not the instance's ``uids``. The
+        same tuple object for every instance of a patient (cached)."""
+        if not self._compiled:
+            self._compile()
+        return self._patient_literals
 
     def kind_of(self, match: str) -> str:
         key = match.casefold()

@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from .config import MaskRule
+from .reasons import Reason
 
 PIXEL_DATA = 0x7FE00010
 UNDEFINED = 0xFFFFFFFF
@@ -42,16 +43,16 @@ def _fill(ds: Dataset, bytes_per_sample: int, little: bool) -> bytes:
     return struct.pack(endian + fmt.upper() if value >= 0 else endian + fmt, value)
 
 
-def apply_mask(ds: Dataset, rule: MaskRule, ts: UID) -> str | None:
+def apply_mask(ds: Dataset, rule: MaskRule, ts: UID) -> Reason | None:
     """Blank `rule`'s rectangles in `ds`'s pixel data in place and set Burned In Annotation
     to NO; return a hold-back reason instead if that cannot be done safely."""
     if PIXEL_DATA not in ds:
-        return "mask_rule_unsupported"
+        return Reason.MASK_RULE_UNSUPPORTED
     raw = ds.get_item(PIXEL_DATA)
     if (ts.is_transfer_syntax and ts.is_encapsulated) or (
         isinstance(raw, RawDataElement) and raw.length == UNDEFINED
     ):
-        return "mask_rule_compressed"
+        return Reason.MASK_RULE_COMPRESSED
     rows, cols = _int(ds, "Rows", 0), _int(ds, "Columns", 0)
     samples = _int(ds, "SamplesPerPixel", 1)
     bits = _int(ds, "BitsAllocated", 0)
@@ -59,14 +60,14 @@ def apply_mask(ds: Dataset, rule: MaskRule, ts: UID) -> str | None:
     planar = _int(ds, "PlanarConfiguration", 0) if samples > 1 else 0
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if bits not in (8, 16, 32) or photometric in _SUBSAMPLED or samples not in (1, 3, 4):
-        return "mask_rule_unsupported"
+        return Reason.MASK_RULE_UNSUPPORTED
     if (rows, cols) != (rule.rows, rule.columns):
-        return "mask_rule_unsupported"
+        return Reason.MASK_RULE_UNSUPPORTED
     size = bits // 8
     frame_bytes = rows * cols * samples * size
     data = ds.PixelData
     if not isinstance(data, bytes | bytearray) or len(data) < frames * frame_bytes:
-        return "mask_rule_unsupported"
+        return Reason.MASK_RULE_UNSUPPORTED
     little = ts != "1.2.840.10008.1.2.2"
     sample_fill = _fill(ds, size, little)
     pixels = bytearray(data)

@@ -27,6 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRBigEndian
 
 from .identifiers import Identifiers
+from .reasons import Reason
 
 TIMEOUT_S = 60
 _WORD = re.compile(r"[^\W\d_]{3,}")
@@ -115,16 +116,16 @@ def read_text(image: bytes, tesseract: str) -> str:
 
 def check(
     ds: Dataset, ts: UID, ids: Identifiers, match: str, max_frames: int, tesseract: str
-) -> str | None:
+) -> Reason | None:
     """Hold-back reason if text read from `ds`'s pixels identifies the patient, else None."""
     for image in render(ds, ts, max_frames):
         try:
             text = read_text(image, tesseract)
         except (OSError, subprocess.SubprocessError):
-            return "verification_failed:ocr_error"
+            return Reason.VERIFICATION_OCR_ERROR
         if match == "any_text":
             if _WORD.search(text):
-                return "verification_failed:ocr_text"
+                return Reason.VERIFICATION_OCR_TEXT
         elif ids.search_identifiers(text, min_len=3):
-            return "verification_failed:ocr_text"
+            return Reason.VERIFICATION_OCR_TEXT
     return None

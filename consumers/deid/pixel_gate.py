@@ -19,6 +19,7 @@ from importlib import resources
 from pydicom.dataset import Dataset
 
 from .config import DeidPolicy, MaskRule
+from .reasons import Reason
 
 HELD_MODALITIES = frozenset({"US", "SC", "OT", "DOC", "XC", "IVUS"})
 
@@ -52,7 +53,7 @@ RECONSTRUCTION_VALUES = frozenset(
     }
 )
 #: Reasons a mask rule cannot lift: rectangles do not remove a face.
-UNMASKABLE = frozenset({"recognizable_visual_features"})
+UNMASKABLE = frozenset({Reason.RECOGNIZABLE_VISUAL_FEATURES})
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class GateDecision:
     """``reason``: why the pixels may identify (None: nothing known); ``mask``: the rule to
     apply instead of holding back (None: hold back if there is a reason)."""
 
-    reason: str | None
+    reason: Reason | None
     mask: MaskRule | None = None
 
 
@@ -128,21 +129,21 @@ def decide(ds: Dataset, policy: DeidPolicy) -> GateDecision:
     return GateDecision(reason, rule)
 
 
-def pixel_gate(ds: Dataset, policy: DeidPolicy) -> str | None:
+def pixel_gate(ds: Dataset, policy: DeidPolicy) -> Reason | None:
     """Reason to hold back `ds` with no mask applied, else None (``decide`` for masking)."""
     decision = decide(ds, policy)
     return None if decision.mask is not None else decision.reason
 
 
-def _reason(ds: Dataset) -> str | None:
+def _reason(ds: Dataset) -> Reason | None:
     burned = _upper(ds, "BurnedInAnnotation")
     if burned and burned != "NO":
-        return "burned_in_annotation"
+        return Reason.BURNED_IN_ANNOTATION
     if _upper(ds, "RecognizableVisualFeatures") == "YES":
-        return "recognizable_visual_features"
+        return Reason.RECOGNIZABLE_VISUAL_FEATURES
     modality = _upper(ds, "Modality")
     if modality in HELD_MODALITIES:
-        return "modality_not_allowed"
+        return Reason.MODALITY_NOT_ALLOWED
     sop_class = str(ds.get("SOPClassUID", ""))
     if any(
         sop_class == p
@@ -150,7 +151,7 @@ def _reason(ds: Dataset) -> str | None:
         or (p.endswith(".") and sop_class.startswith(p))
         for p in HELD_SOP_CLASS_PREFIXES
     ):
-        return "sop_class_not_allowed"
+        return Reason.SOP_CLASS_NOT_ALLOWED
     image_type = ds.get("ImageType")
     if image_type:
         values = [
@@ -158,13 +159,13 @@ def _reason(ds: Dataset) -> str | None:
             for v in (image_type if not isinstance(image_type, str) else image_type.split("\\"))
         ]
         if SCREEN_VALUES.intersection(values):
-            return "image_type_screen_save"
+            return Reason.IMAGE_TYPE_SCREEN_SAVE
         if DOSE_VALUES.intersection(values):
-            return "image_type_dose_report"
+            return Reason.IMAGE_TYPE_DOSE_REPORT
         if "SECONDARY" in values[1:2] and not RECONSTRUCTION_VALUES.intersection(values[2:]):
-            return "image_type_secondary"
+            return Reason.IMAGE_TYPE_SECONDARY
     maker, model = _upper(ds, "Manufacturer"), _upper(ds, "ManufacturerModelName")
     rows, cols = ds.get("Rows"), ds.get("Columns")
     if any(d.matches(maker, model, modality, rows, cols) for d in burn_in_devices()):
-        return "device_burns_in_text"
+        return Reason.DEVICE_BURNS_IN_TEXT
     return None

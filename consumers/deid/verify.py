@@ -8,8 +8,9 @@ original instance UIDs); then it scans the *output*:
 * every free-text value at every depth, parsed back from the written bytes (``rawtext``:
   so a writer bug is caught too), case-insensitively and on word boundaries;
 * the raw written bytes (file meta + dataset), for identifiers of 3 characters or more, in
-  UTF-8, Latin-1 and the instance's own character sets; pixel data bytes are excluded
-  (binary, and burned-in text is the pixel gate's job, not a byte search);
+  UTF-8, Latin-1 and the instance's own character sets; native pixel data separately
+  (``pixels``: its length against the image attributes, identifiers of 6+ bytes in it;
+  burned-in text, rendered rather than bytes, is the pixel gate's job);
 * NHS-number (10 digits passing modulus 11), UK-postcode and UK-phone patterns in every
   free-text value.
 

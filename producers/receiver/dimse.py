@@ -41,6 +41,14 @@ class Command:
     has_dataset: bool
 
 
+_UID_CHARS = frozenset("0123456789.")
+
+
+def valid_uid(value: str) -> bool:
+    """Whether ``value`` is a UID PS3.5 9.1 allows: digits and dots, 1 to 64 characters."""
+    return 0 < len(value) <= 64 and set(value) <= _UID_CHARS
+
+
 def _uid(value: bytes) -> str:
     return value.rstrip(b"\x00 ").decode("ascii", "replace")
 
@@ -86,12 +94,13 @@ def encode_response(
     request: Command, field: int, status: int, *, with_instance: bool = True
 ) -> bytes:
     """C-STORE-RSP or C-ECHO-RSP to ``request`` with ``status``."""
-    body = _el(AFFECTED_SOP_CLASS, _even(request.sop_class.encode()))
+    sop_class = request.sop_class if valid_uid(request.sop_class) else ""
+    body = _el(AFFECTED_SOP_CLASS, _even(sop_class.encode()))
     body += _el(COMMAND_FIELD, _US.pack(field))
     body += _el(MESSAGE_ID_RESPONDED, _US.pack(request.message_id))
     body += _el(DATASET_TYPE, _US.pack(NO_DATASET))
     body += _el(STATUS, _US.pack(status))
-    if with_instance and request.sop_instance:
+    if with_instance and valid_uid(request.sop_instance):
         body += _el(AFFECTED_SOP_INSTANCE, _even(request.sop_instance.encode()))
     return _el(0x00000000, _UL.pack(len(body))) + body
 

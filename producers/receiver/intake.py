@@ -6,7 +6,8 @@ to a ``SpoolTempFile`` in the spool's own ``tmp/`` directory (behind the File Me
 filesystem, never a copy. The file:
 
 * hashes (SHA-256) and counts the bytes as they are written, and keeps the first 64 KiB so
-  that the handler can read the few attributes it needs without touching the file again;
+  that the handler can read the few attributes it needs without touching the file again
+  (``read_header`` reads on into the file only when they lie further in, or are deflated);
 * on Linux starts the write-back of each chunk as soon as it is written, overlapping the
   disk with the network, so that the fdatasync before Success has little left to wait for;
 * remembers a write error (disk full, I/O error) instead of raising it, so that the handler
@@ -25,18 +26,24 @@ import os
 import sys
 import tempfile
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydicom.filereader import read_partial
+from pydicom.uid import ExplicitVRLittleEndian
 
-from . import header
+from smartbox.inflate import CorruptDeflate, InflateLimits, InflatingSource
+
+from . import dimse, header
+from .header import Header
 
 HEAD_BYTES = 64 * 1024
 SYNC_FILE_RANGE_WRITE = 2
 _LAST_TAG = 0x0020000D  # StudyInstanceUID: the highest-numbered attribute we read
 _BUFFER = 64 * 1024
+#: what pydicom reads of a dataset the walker could not: enough for any real header, and
+#: little enough that pydicom's ~0.2 s per MiB of tiny hostile elements stays small
+FALLBACK_BYTES = 1024 * 1024
 
 _open_files: weakref.WeakValueDictionary[str, SpoolTempFile] = weakref.WeakValueDictionary()
 
@@ -160,10 +167,26 @@ def received_files() -> list[SpoolTempFile]:
     return list(_open_files.values())
 
 
-@dataclass(frozen=True)
-class Header:
-    study_uid: str
-    modality: str
+class FileSource:
+    """Bytes ``start`` to ``end`` of an open file, read with ``pread`` (a ``Source``)."""
+
+    def __init__(self, fd: int, start: int, end: int) -> None:
+        self._fd = fd
+        self._pos = start
+        self._end = end
+
+    def read(self, n: int) -> bytes:
+        n = min(n, self._end - self._pos)
+        if n <= 0:
+            return b""
+        data = os.pread(self._fd, n, self._pos)
+        self._pos += len(data)
+        return data
+
+    def skip(self, n: int) -> int:
+        k = max(0, min(n, self._end - self._pos))
+        self._pos += k
+        return k
 
 
 def _parse(fp: Any, *, complete: bool) -> Header | None:
@@ -176,31 +199,68 @@ def _parse(fp: Any, *, complete: bool) -> Header | None:
 
     ds = read_partial(fp, stop_when=stop)
     if not (reached or complete):
-        return None  # the head ended first: the study UID may lie (or be cut) beyond it
+        return None  # the prefix ended first: the study UID may lie (or be cut) beyond it
     study_uid = str(ds.get("StudyInstanceUID", "") or "").strip()
     if not study_uid:
         return None
-    return Header(study_uid, str(ds.get("Modality", "") or "").strip().upper())
+    return Header(
+        study_uid,
+        str(ds.get("Modality", "") or "").strip().upper(),
+        str(ds.get("SOPInstanceUID", "") or "").strip(),
+    )
 
 
-def read_header(head: bytes, path: Path | str, *, whole: bool = False) -> Header | None:
-    """StudyInstanceUID and Modality of a received file; None if they cannot be read.
-
-    Tried on the first 64 KiB already in memory; a file whose study UID lies further in (large
-    private groups) or that is deflated is read from disk, still stopping before pixel data.
-    ``whole``: ``head`` is the entire file.
-    """
-    quick = header.read(head)
-    if quick is not None:
-        return Header(*quick)
+def _pydicom(data: bytes, *, complete: bool) -> Header | None:
+    """pydicom's reading of a bounded prefix of a file: for what the walker cannot tell."""
     try:
-        parsed = _parse(io.BytesIO(head), complete=whole)
-        if parsed is not None:
-            return parsed
-    except Exception:  # noqa: BLE001,S110 - truncated or deflated head: read the file instead
-        pass
-    try:
-        with open(path, "rb") as fp:
-            return _parse(fp, complete=True)
+        return _parse(io.BytesIO(data), complete=complete)
     except Exception:  # noqa: BLE001 - any failure means the dataset cannot be understood
         return None
+
+
+def read_file(fd: int, size: int, head: bytes, limits: InflateLimits) -> Header | None:
+    """StudyInstanceUID, Modality and SOPInstanceUID of the file open as ``fd`` (``size`` bytes,
+    starting with ``head``); None if they cannot be read.
+
+    The element walker (``header``) reads what it needs, from ``head`` and, if the study UID
+    lies further in, from the file; a deflated dataset is inflated a piece at a time. Where the
+    walker cannot tell, pydicom reads the first ``FALLBACK_BYTES`` of the dataset. A deflated
+    dataset is then inflated to its end, discarded, to enforce ``limits``: raises
+    ``InflateLimitExceeded`` beyond them; a corrupt or truncated deflate stream is None.
+    """
+    found = header.layout(head)
+    if found is None:
+        end = min(size, FALLBACK_BYTES)
+        return _pydicom(os.pread(fd, end, 0), complete=end == size)
+    syntax, offset = found
+    if not syntax.deflated:
+        quick = header.walk(FileSource(fd, len(head), size), syntax, head, offset)
+        if quick is not None:
+            return quick
+        end = min(size, offset + FALLBACK_BYTES)
+        return _pydicom(os.pread(fd, end, 0), complete=end == size)
+    if head[offset : offset + 2] == b"\0\0":
+        return None  # pydicom would read deflated bytes as a command set: nothing sensible
+    try:
+        stream = InflatingSource(FileSource(fd, offset, size), limits)
+        quick = header.walk(stream, syntax)
+        if quick is None:
+            stream = InflatingSource(FileSource(fd, offset, size), limits)
+            prefix = stream.read(FALLBACK_BYTES)
+            meta = dimse.file_meta("1.2", "1.2", ExplicitVRLittleEndian)
+            quick = _pydicom(meta + prefix, complete=len(prefix) < FALLBACK_BYTES)
+        if quick is not None:
+            stream.drain()
+        return quick
+    except CorruptDeflate:
+        return None
+
+
+def read_header(received: SpoolTempFile, limits: InflateLimits) -> Header | None:
+    """The header of a dataset just received (see ``read_file``). What is still buffered is
+    written first (the upper layer has done so already), so the file is complete when it is
+    read past the first 64 KiB; raises the write error if that failed (answered 0xA700)."""
+    received.flush()
+    if received.error is not None:
+        raise received.error
+    return read_file(received.fd, received.size, received.head, limits)

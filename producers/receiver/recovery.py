@@ -13,14 +13,29 @@ import re
 import shutil
 import sqlite3
 import threading
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from . import header
+from smartbox.inflate import InflateLimitExceeded, InflateLimits
+
+from . import intake
 
 log = logging.getLogger(__name__)
 
 PENDING = ("spooled", "batched", "uploaded")
+# A ``lost`` row stands for bytes that are no longer anywhere: the same bytes received (or found)
+# again revive it as a new ``spooled`` instance instead of being taken for a duplicate.
+_RECORD = """
+INSERT INTO instances (study_key, instance_key, sha256, size, path, modality, received_at,
+    calling_ae)
+VALUES (?,?,?,?,?,?,?,?)
+ON CONFLICT (instance_key, sha256) DO UPDATE SET
+    study_key=excluded.study_key, size=excluded.size, path=excluded.path,
+    modality=excluded.modality, received_at=excluded.received_at, state='spooled', batch_id=NULL,
+    calling_ae=excluded.calling_ae
+WHERE instances.state='lost'
+"""
 _KEY = re.compile(r"^[0-9a-f]{32}$")
 _NAME = re.compile(r"^([0-9a-f]{32})-([0-9a-f]{16})\.dcm$")
 _MODALITY = re.compile(r"^[A-Z0-9_]{1,16}$")
@@ -70,20 +85,31 @@ class SpoolRecovery:
                 else:
                     f.unlink(missing_ok=True)
                     removed += 1
-        lost = [p for p in known if not os.path.exists(p)]
-        if lost:
-            with self._tx() as db:
-                for p in lost:
-                    row = db.execute(
-                        "UPDATE instances SET state='lost' WHERE path=? AND state IN (?,?,?)"
-                        " RETURNING size",
-                        (p, *PENDING),
-                    ).fetchone()
+        lost = self.mark_lost(p for p in known if not os.path.exists(p))
+        return removed, adopted, lost
+
+    def mark_lost(self, paths: Iterable[str]) -> int:
+        """Mark the rows of vanished files ``lost`` and take them off the totals; how many.
+
+        A lost row is never a duplicate: when the sender sends the instance again it is stored
+        and announced like any other (``record_instance`` revives the row).
+        """
+        lost = 0
+        with self._tx() as db:
+            for p in paths:
+                row = db.execute(
+                    "UPDATE instances SET state='lost' WHERE path=? AND state IN (?,?,?)"
+                    " RETURNING size",
+                    (p, *PENDING),
+                ).fetchone()
+                if row is not None:
                     db.execute(
                         "UPDATE totals SET files=files-1, bytes=bytes-? WHERE id=1", (row[0],)
                     )
-            log.error("spool %s: %d ledger rows have no file (disk fault?)", self.root, len(lost))
-        return removed, adopted, len(lost)
+                    lost += 1
+        if lost:
+            log.error("spool %s: %d ledger rows have no file (disk fault?)", self.root, lost)
+        return lost
 
     def _adopt(self, study_key: str, path: Path) -> bool:
         match = _NAME.match(path.name)
@@ -92,7 +118,8 @@ class SpoolRecovery:
         instance_key, prefix = match.groups()
         with self._lock:
             seen = self._db.execute(
-                "SELECT 1 FROM instances WHERE instance_key=? AND substr(sha256, 1, 16)=?",
+                "SELECT 1 FROM instances WHERE instance_key=? AND substr(sha256, 1, 16)=?"
+                " AND state<>'lost'",
                 (instance_key, prefix),
             ).fetchone()
         if seen:
@@ -100,23 +127,59 @@ class SpoolRecovery:
         digest, size, head = _hash_file(path)
         if not digest.startswith(prefix):
             return False  # not what its name says: never acknowledged as such
-        found = header.read(head)
-        modality = found[1] if found and _MODALITY.match(found[1]) else "OT"
+        modality = _modality(path, size, head)
         received = path.stat().st_mtime
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO instances"
-                " (study_key, instance_key, sha256, size, path, modality, received_at)"
-                " VALUES (?,?,?,?,?,?,?)",
-                (study_key, instance_key, digest, size, str(path), modality, received),
-            )
-            db.execute("UPDATE totals SET files=files+1, bytes=bytes+? WHERE id=1", (size,))
-            db.execute(
-                "INSERT OR IGNORE INTO studies (study_key, first_received_at) VALUES (?,?)",
-                (study_key, received),
+            record_instance(
+                db,
+                study_key=study_key,
+                instance_key=instance_key,
+                sha256=digest,
+                size=size,
+                path=path,
+                modality=modality,
+                received_at=received,
             )
         log.warning("spool %s: adopted an instance whose ledger row was lost", self.root)
         return True
+
+
+def record_instance(
+    db: sqlite3.Connection,
+    *,
+    study_key: str,
+    instance_key: str,
+    sha256: str,
+    size: int,
+    path: Path,
+    modality: str,
+    received_at: float,
+    calling_ae: str = "",
+) -> bool:
+    """Record an instance in the ledger (inside a transaction), reviving its ``lost`` row if
+    it had one, and count it in the totals; False if the same bytes are recorded already."""
+    cur = db.execute(
+        _RECORD,
+        (study_key, instance_key, sha256, size, str(path), modality, received_at, calling_ae),
+    )
+    if cur.rowcount != 1:
+        return False
+    db.execute("UPDATE totals SET files=files+1, bytes=bytes+? WHERE id=1", (size,))
+    db.execute(
+        "INSERT OR IGNORE INTO studies (study_key, first_received_at) VALUES (?,?)",
+        (study_key, received_at),
+    )
+    return True
+
+
+def _modality(path: Path, size: int, head: bytes) -> str:
+    """The Modality of an adopted file ("OT" if it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            found = intake.read_file(f.fileno(), size, head, InflateLimits())
+    except (OSError, InflateLimitExceeded):
+        found = None
+    return found.modality if found and _MODALITY.match(found.modality) else "OT"
 
 
 def _hash_file(path: Path) -> tuple[str, int, bytes]:

@@ -18,18 +18,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import schemas
-from smartbox import metrics
+from smartbox import layout, metrics
 from smartbox.bus import Bus
 from smartbox.config import TrustConfig
-from smartbox.errors import TransientError
+from smartbox.errors import PermanentError, SchemaError, TransientError
 from smartbox.store import ObjectStore, put_json
 
+from .acquired import days_before_arrival
 from .spool import Spool
 
 log = logging.getLogger(__name__)
 UPLOAD_THREADS = 4  # S3 PUTs in parallel (~125/s with one, ~175/s with four: MEASUREMENTS.md)
 MAX_BACKOFF = 10.0
 UPLOAD_CHUNK = 64
+PRUNE_EVERY = 600.0  # seconds between ledger prunes (the first one at start)
 
 
 def _iso(ts: float) -> str:
@@ -37,7 +39,7 @@ def _iso(ts: float) -> str:
 
 
 def quarantine_key(trust: str, study_key: str, instance_key: str, sha256: str) -> str:
-    return f"{trust}/{study_key}/{instance_key}-{sha256[:16]}.dcm"
+    return layout.quarantine_instance_key(trust, study_key, instance_key, sha256)
 
 
 class Relay:
@@ -63,6 +65,7 @@ class Relay:
         self._thread: threading.Thread | None = None
         self.healthy = True
         self._bucket_ready = False
+        self.next_prune_at = 0.0  # monotonic; 0: at the first step
         self._uploads = ThreadPoolExecutor(
             UPLOAD_THREADS, thread_name_prefix=f"upload-{trust.code}"
         )
@@ -110,6 +113,9 @@ class Relay:
         if not self._bucket_ready:
             self.store.ensure_bucket(self.bucket)
             self._bucket_ready = True
+        if time.monotonic() >= self.next_prune_at:
+            self.next_prune_at = time.monotonic() + PRUNE_EVERY
+            self.prune_ledger()
         for study_key in self.spool.studies_ready(
             self.trust.quiet_seconds, self.trust.max_wait_seconds
         ):
@@ -123,32 +129,43 @@ class Relay:
     def announce(self, batch_id: str, study_key: str, amendment: bool) -> None:
         code = self.trust.code
         rows = self.spool.batch_instances(batch_id)
-        if not rows:  # every file of the batch was lost (counted at recovery): nothing to say
+        pending = [
+            (inst.id, quarantine_key(code, study_key, inst.instance_key, inst.sha256), inst.path)
+            for inst, state in rows
+            if state == "batched"
+        ]
+        if self._upload(pending):
+            rows = self.spool.batch_instances(batch_id)  # without the files that vanished
+        if not rows:  # every file of the batch was lost (counted): nothing to say
             self.spool.mark_published(batch_id, study_key)
             return
-        entries = []
-        pending: list[tuple[int, str, Path]] = []
-        for inst, state in rows:
-            key = quarantine_key(code, study_key, inst.instance_key, inst.sha256)
-            if state == "batched":
-                pending.append((inst.id, key, inst.path))
-            entries.append(
-                {"key": key, "sha256": inst.sha256, "size": inst.size, "modality": inst.modality}
-            )
-        self._upload(pending)
-        batch_key = f"{code}/{study_key}/batches/{batch_id}.json"
-        put_json(
-            self.store,
-            self.bucket,
-            batch_key,
+        entries = [
             {
-                "batch_id": batch_id,
-                "trust": code,
-                "study_key": study_key,
-                "amendment": amendment,
-                "instances": entries,
-            },
-        )
+                "key": quarantine_key(code, study_key, inst.instance_key, inst.sha256),
+                "sha256": inst.sha256,
+                "size": inst.size,
+                "modality": inst.modality,
+            }
+            for inst, _state in rows
+        ]
+        batch_key = layout.quarantine_batch_key(code, study_key, batch_id)
+        document = {
+            "batch_id": batch_id,
+            "trust": code,
+            "study_key": study_key,
+            "amendment": amendment,
+            "instances": entries,
+            # for the export's fairness: who sent it, and how old it was when it arrived
+            "calling_aes": sorted({i.calling_ae for i, _ in rows if i.calling_ae}),
+            "acquired_days_before_arrival": days_before_arrival(
+                [(i.path, i.received_at) for i, _ in rows]
+            ),
+        }
+        try:  # a storage contract: checked on write (and by the anonymiser on read)
+            schemas.validate_document("quarantine.batch", document)
+        except SchemaError as exc:
+            raise PermanentError(f"{code}: batch manifest not written: {exc}") from None
+        put_json(self.store, self.bucket, batch_key, document)
         first = min(i.received_at for i, _ in rows)
         last = max(i.received_at for i, _ in rows)
         message = schemas.make_message(
@@ -183,9 +200,20 @@ class Relay:
             " (amendment)" if amendment else "",
         )
 
-    def _upload(self, pending: list[tuple[int, str, Path]]) -> None:
+    def _upload(self, pending: list[tuple[int, str, Path]]) -> int:
         """Upload files, a few in parallel, recording progress per chunk: a crash or an outage
-        repeats only the chunk in flight; the first failure stops the batch."""
+        repeats only the chunk in flight; the first failure stops the batch.
+
+        A file that has vanished from an intact spool is marked lost (counted) and left out;
+        returns how many. Without that the batch, and every batch after it, would wait for it
+        forever (the object store reports a missing local file as an outage).
+        """
+        vanished = {str(path) for _iid, _key, path in pending if not path.exists()}
+        lost = 0
+        if vanished and self.spool.files.is_dir():  # else the spool itself is gone: wait
+            lost = self.spool.mark_lost(vanished)
+            metrics.FAILURES.labels(self.trust.code, "receive", "spool_file_lost").inc(lost)
+            pending = [p for p in pending if str(p[2]) not in vanished]
         for start in range(0, len(pending), UPLOAD_CHUNK):
             chunk = pending[start : start + UPLOAD_CHUNK]
             futures = [
@@ -202,11 +230,26 @@ class Relay:
                     failure = failure or exc
             self.spool.mark_uploaded(done)
             if isinstance(failure, FileNotFoundError):
-                raise TransientError("a spool file is missing (see recovery at restart)") from (
-                    failure
-                )
+                # vanished while uploading: the next step finds it missing and marks it lost
+                raise TransientError("a spool file is missing") from failure
             if failure is not None:
                 raise failure
+        return lost
+
+    def prune_ledger(self, now: float | None = None) -> int:
+        """Forget what was published more than the trust's ``ledger_retention_days`` ago
+        (small transactions; counted, logged without keys)."""
+        code = self.trust.code
+        n = self.spool.prune(self.trust.ledger_retention_days * 86400.0, now=now)
+        if n:
+            metrics.LEDGER_PRUNED.labels(code).inc(n)
+            log.info(
+                "%s: ledger: forgot %d instances published more than %g days ago",
+                code,
+                n,
+                self.trust.ledger_retention_days,
+            )
+        return n
 
     def update_gauges(self) -> None:
         files, size, oldest = self.spool.pending_stats()

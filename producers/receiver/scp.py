@@ -18,7 +18,7 @@ import re
 import socket
 import ssl
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 from pydicom.uid import (
     JPEG2000,
@@ -36,27 +36,36 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom.presentation import (
-    AllStoragePresentationContexts,
-    PresentationContext,
-    build_context,
-)
 
 from smartbox import metrics
 from smartbox.config import TlsConfig, TrustConfig
+from smartbox.inflate import InflateLimitExceeded, InflateLimits
 from smartbox.keys import RegionalKey
 
 from . import intake
 from .dimse import Command
 from .intake import SpoolTempFile
 from .listener import Listener
+from .pynetdicom_compat import (
+    AllStoragePresentationContexts,
+    AssociateRequest,
+    PresentationContext,
+    build_context,
+)
 from .spool import Spool, SpoolFull
+from .status import (
+    CANNOT_UNDERSTAND,
+    OUT_OF_RESOURCES,
+    REJECTIONS,
+    SUCCESS,
+    Rejection,
+    association_result,
+    status_label,
+)
+from .ul import Limits
 
 log = logging.getLogger(__name__)
 
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-CANNOT_UNDERSTAND = 0xC210
 VERIFICATION = "1.2.840.10008.1.1"
 # Explicit VR Little Endian first: with both offered in one context, the first we list wins
 TRANSFER_SYNTAXES = [
@@ -74,13 +83,6 @@ TRANSFER_SYNTAXES = [
     JPEG2000,
     RLELossless,
 ]
-# reason -> A-ASSOCIATE-RJ (result, source, diagnostic): permanent, by the service user (PS3.8
-# 9.3.4); an address outside allowed_networks has no reason of its own: "no reason given"
-REJECTIONS = {
-    "source_address": (0x01, 0x01, 0x01),
-    "called_ae": (0x01, 0x01, 0x07),
-    "calling_ae": (0x01, 0x01, 0x03),
-}
 _MODALITY_RE = re.compile(r"^[A-Z0-9_]{1,16}$")
 
 
@@ -92,6 +94,17 @@ def supported_contexts() -> list[PresentationContext]:
         for cx in AllStoragePresentationContexts
     ]
     return [*contexts, build_context(VERIFICATION)]
+
+
+def limits_for(trust: TrustConfig) -> Limits:
+    """The deadlines and connection caps of one SCP process, from the trust file."""
+    return Limits(
+        artim_seconds=trust.artim_seconds,
+        network_timeout_seconds=trust.network_timeout_seconds,
+        max_associations=trust.max_associations,
+        max_pending=trust.max_pending_associations,
+        max_pending_per_address=trust.max_pending_per_address,
+    )
 
 
 def study_key_for(key: RegionalKey, trust: str, study_uid: str) -> str:
@@ -122,13 +135,14 @@ class StoreSCP:
         self.supported = supported_contexts()
         self.server: Listener | None = None
         self._study_keys: dict[str, str] = {}
+        self._inflate_limits = InflateLimits(trust.max_inflated_bytes, trust.max_inflate_ratio)
 
     def start(self, listen_socket: socket.socket) -> tuple[str, int]:
         """Serve associations accepted from ``listen_socket`` (already listening)."""
         self.server = Listener(
             listen_socket,
             self,
-            max_associations=self.trust.max_associations,
+            limits=limits_for(self.trust),
             tls=tls_context(self.trust.tls) if self.trust.tls else None,
             tls_failed=self.tls_failed,
         )
@@ -150,10 +164,10 @@ class StoreSCP:
             self.server.drain(grace_seconds)
 
     # --- association events (association threads) ------------------------------------------
-    def screen(self, rq: Any, address: str) -> tuple[int, int, int] | None:
-        """None to accept, else the A-ASSOCIATE-RJ (result, source, diagnostic)."""
-        called = str(rq.called_ae_title).strip()
-        calling = str(rq.calling_ae_title).strip()
+    def screen(self, request: AssociateRequest, address: str) -> Rejection | None:
+        """None to accept, else the A-ASSOCIATE-RJ. The source address comes first: a peer
+        outside ``allowed_networks`` learns nothing about the AE titles we would accept."""
+        called, calling = request.called_ae, request.calling_ae
         allowed, why = self.trust.caller_allowed(calling, address)
         if not allowed and why == "source_address":
             reason = "source_address"
@@ -178,7 +192,10 @@ class StoreSCP:
         metrics.ASSOCIATIONS.labels(self.trust.code, "accepted").inc()
 
     def rejected(self, reason: str) -> None:
-        metrics.ASSOCIATIONS.labels(self.trust.code, f"rejected_{reason}").inc()
+        metrics.ASSOCIATIONS.labels(self.trust.code, association_result(reason)).inc()
+
+    def timed_out(self) -> None:
+        metrics.FAILURES.labels(self.trust.code, "receive", "network_timeout").inc()
 
     def tls_failed(self, address: str, exc: OSError) -> None:
         self.rejected("tls")
@@ -190,24 +207,27 @@ class StoreSCP:
         return SpoolTempFile(self.spool.tmp)
 
     # --- C-STORE (association threads) ---------------------------------------------------
-    def store(self, command: Command, received: SpoolTempFile) -> int:
+    def store(self, command: Command, received: SpoolTempFile, calling_ae: str = "") -> int:
         """Keep one received instance durably; the C-STORE status. Never raises."""
         try:
-            status = self._store(command, received)
+            status = self._store(command, received, calling_ae)
         except Exception:  # noqa: BLE001 - the SCP must answer, never raise
             metrics.FAILURES.labels(self.trust.code, "receive", "unexpected").inc()
             log.exception("%s: C-STORE failed unexpectedly", self.trust.code)
             status = OUT_OF_RESOURCES
-        metrics.CSTORE_STATUS.labels(self.trust.code, f"0x{status:04X}").inc()
+        metrics.CSTORE_STATUS.labels(self.trust.code, status_label(status)).inc()
         return status
 
-    def _store(self, command: Command, received: SpoolTempFile) -> int:
+    def _store(self, command: Command, received: SpoolTempFile, calling_ae: str) -> int:
         code = self.trust.code
         if received.error is not None:
             return self._disk_failure(received.error)
-        header = intake.read_header(
-            received.head, received.name, whole=received.size <= intake.HEAD_BYTES
-        )
+        try:
+            header = intake.read_header(received, self._inflate_limits)
+        except InflateLimitExceeded:
+            metrics.FAILURES.labels(code, "receive", "inflate_limit").inc()
+            log.warning("%s: C-STORE refused: deflated dataset inflates beyond the limits", code)
+            return OUT_OF_RESOURCES
         if header is None or not command.sop_instance:
             metrics.FAILURES.labels(code, "receive", "undecodable").inc()
             log.warning("%s: C-STORE refused: dataset cannot be decoded", code)
@@ -232,6 +252,7 @@ class StoreSCP:
                 size=received.size,
                 modality=modality,
                 high_water=high_water,
+                calling_ae=calling_ae,
             )
             received.adopted = True
         except SpoolFull as exc:

@@ -16,6 +16,7 @@ from pathlib import Path
 from smartbox import metrics
 from smartbox.bus import Bus
 from smartbox.config import TrustConfig
+from smartbox.errors import ConfigError
 from smartbox.keys import RegionalKey
 from smartbox.store import ObjectStore
 
@@ -94,7 +95,14 @@ class ReceiverService:
             )
         metrics.SPOOL_HIGH_WATER.labels(code).set(self.trust.spool_high_water_bytes)
         self.relay.update_gauges()
-        self._socket = listen_socket(self.trust.bind_host, self.trust.port)
+        try:
+            self._socket = listen_socket(self.trust.bind_host, self.trust.port)
+        except OSError as exc:  # in use, or a bind_host this machine does not have
+            raise ConfigError(
+                f"trust {code}: cannot listen on {self.trust.bind_host}:{self.trust.port} "
+                f"({exc.strerror}): another process holds it (is this receiver already "
+                f"running?), or change 'port' or 'bind_host' in {self.trust.source_file}"
+            ) from None
         host, port = self._socket.getsockname()[:2]
         self.address = (str(host), int(port))
         if self.workers == 0:

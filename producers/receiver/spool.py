@@ -9,7 +9,8 @@ the ledger (SQLite serialises writers across processes; every write is one short
 Ledger states of an instance: ``spooled`` (on disk, acknowledged to the sender) -> ``batched``
 (assigned to a batch of its study) -> ``uploaded`` (in quarantine) -> ``published`` (its
 batch's study.arrived confirmed; spool file deleted). ``lost`` marks a row whose file vanished
-(a disk fault): it is counted and logged, never silently dropped. A crash at any point leaves
+(a disk fault): it is counted and logged, never silently dropped, and never taken for a
+duplicate: the same bytes sent again are stored and announced. A crash at any point leaves
 rows that the relay resumes from; nothing is forgotten. The ``totals`` row keeps the bytes and
 files not yet published, so the high-water check costs one indexed read, not a table scan.
 """
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from smartbox.store import fsync_dir
 
-from .recovery import PENDING, SpoolRecovery
+from .recovery import PENDING, SpoolRecovery, record_instance
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ CREATE TABLE IF NOT EXISTS instances (
     received_at REAL NOT NULL,
     state TEXT NOT NULL DEFAULT 'spooled',
     batch_id TEXT,
+    calling_ae TEXT NOT NULL DEFAULT '',
     UNIQUE (instance_key, sha256)
 );
 CREATE INDEX IF NOT EXISTS instances_state ON instances (state, study_key);
@@ -88,6 +90,7 @@ class SpooledInstance:
     path: Path
     modality: str
     received_at: float
+    calling_ae: str = ""
 
 
 class Spool(SpoolRecovery):
@@ -113,6 +116,9 @@ class Spool(SpoolRecovery):
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(instances)")}
+            if "calling_ae" not in columns:  # a ledger from before calling AEs were recorded
+                db.execute("ALTER TABLE instances ADD COLUMN calling_ae TEXT NOT NULL DEFAULT ''")
         self._study_dirs: set[str] = set()
 
     @contextmanager
@@ -130,7 +136,7 @@ class Spool(SpoolRecovery):
     def is_duplicate(self, instance_key: str, sha256: str) -> bool:
         with self._lock:
             row = self._db.execute(
-                "SELECT 1 FROM instances WHERE instance_key=? AND sha256=?",
+                "SELECT 1 FROM instances WHERE instance_key=? AND sha256=? AND state<>'lost'",
                 (instance_key, sha256),
             ).fetchone()
         return row is not None
@@ -138,7 +144,7 @@ class Spool(SpoolRecovery):
     def has_other_version(self, instance_key: str, sha256: str) -> bool:
         with self._lock:
             row = self._db.execute(
-                "SELECT 1 FROM instances WHERE instance_key=? AND sha256<>?",
+                "SELECT 1 FROM instances WHERE instance_key=? AND sha256<>? AND state<>'lost'",
                 (instance_key, sha256),
             ).fetchone()
         return row is not None
@@ -167,6 +173,7 @@ class Spool(SpoolRecovery):
         size: int,
         modality: str,
         high_water: int,
+        calling_ae: str = "",
     ) -> bool:
         """Move an fsync'd file from ``tmp/`` into place and record it, durably.
 
@@ -189,22 +196,21 @@ class Spool(SpoolRecovery):
                 files, total = db.execute("SELECT files, bytes FROM totals WHERE id=1").fetchone()
                 if total + size > high_water:
                     raise SpoolFull(f"{files} files, {total} bytes pending")
-                cur = db.execute(
-                    "INSERT OR IGNORE INTO instances"
-                    " (study_key, instance_key, sha256, size, path, modality, received_at)"
-                    " VALUES (?,?,?,?,?,?,?)",
-                    (study_key, instance_key, sha256, size, str(path), modality, now),
+                fresh = record_instance(
+                    db,
+                    study_key=study_key,
+                    instance_key=instance_key,
+                    sha256=sha256,
+                    size=size,
+                    path=path,
+                    modality=modality,
+                    received_at=now,
+                    calling_ae=calling_ae,
                 )
-                if cur.rowcount == 1:
-                    db.execute("UPDATE totals SET files=files+1, bytes=bytes+? WHERE id=1", (size,))
-                    db.execute(
-                        "INSERT OR IGNORE INTO studies (study_key, first_received_at) VALUES (?,?)",
-                        (study_key, now),
-                    )
         except BaseException:
             path.unlink(missing_ok=True)  # never acknowledged: the sender keeps its copy
             raise
-        return cur.rowcount == 1
+        return fresh
 
     # --- relay (one thread in the parent process) -----------------------------------------
     def studies_ready(self, quiet_seconds: float, max_wait_seconds: float) -> list[str]:
@@ -262,11 +268,11 @@ class Spool(SpoolRecovery):
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, study_key, instance_key, sha256, size, path, modality, received_at,"
-                " state FROM instances WHERE batch_id=? AND state<>'lost' ORDER BY id",
+                " calling_ae, state FROM instances WHERE batch_id=? AND state<>'lost' ORDER BY id",
                 (batch_id,),
             ).fetchall()
         return [
-            (SpooledInstance(r[0], r[1], r[2], r[3], r[4], Path(r[5]), r[6], r[7]), r[8])
+            (SpooledInstance(r[0], r[1], r[2], r[3], r[4], Path(r[5]), r[6], r[7], r[8]), r[9])
             for r in rows
         ]
 
@@ -305,6 +311,51 @@ class Spool(SpoolRecovery):
             (self.files / study_key).rmdir()
         except OSError:
             pass  # more instances of the study are still in the spool
+
+    # --- retention (relay thread) --------------------------------------------------------
+    def prune(self, window_seconds: float, *, now: float | None = None, chunk: int = 500) -> int:
+        """Forget published instances received more than ``window_seconds`` ago whose spool
+        file is gone, in transactions of at most ``chunk`` rows (intake is never held up for
+        long); then their batches and studies once nothing of them is left. Returns the
+        instance rows deleted. Within the window a resend is still a duplicate; after it, the
+        same bytes are stored and announced again (as a new study if nothing of it is left).
+        """
+        cutoff = (time.time() if now is None else now) - window_seconds
+        pruned = 0
+        while True:
+            with self._lock:  # a read first: no write lock taken when there is nothing to do
+                rows = self._db.execute(
+                    "SELECT id, path, batch_id, study_key FROM instances"
+                    " WHERE state='published' AND received_at<? ORDER BY received_at LIMIT ?",
+                    (cutoff, chunk),
+                ).fetchall()
+            # a file still there (a crash between commit and unlink) keeps its row: recovery
+            # must still know it was published, or it would adopt it as new
+            gone = [r for r in rows if not os.path.exists(r[1])]
+            if gone:
+                with self._tx() as db:
+                    db.executemany(
+                        "DELETE FROM instances WHERE id=? AND state='published'",
+                        [(r[0],) for r in gone],
+                    )
+                    for batch_id in {r[2] for r in gone if r[2]}:
+                        db.execute(
+                            "DELETE FROM batches WHERE batch_id=? AND state='published' AND NOT"
+                            " EXISTS (SELECT 1 FROM instances WHERE batch_id=?)",
+                            (batch_id, batch_id),
+                        )
+                    for study_key in {r[3] for r in gone}:
+                        left = db.execute(
+                            "SELECT 1 FROM instances WHERE study_key=? AND state IN"
+                            " ('spooled','batched','uploaded','published','lost') LIMIT 1",
+                            (study_key,),
+                        ).fetchone()
+                        if left is None:
+                            db.execute("DELETE FROM batches WHERE study_key=?", (study_key,))
+                            db.execute("DELETE FROM studies WHERE study_key=?", (study_key,))
+                pruned += len(gone)
+            if len(rows) < chunk or not gone:
+                return pruned
 
     def pending_bytes(self) -> int:
         with self._lock:

@@ -17,7 +17,6 @@ import sys
 import threading
 from multiprocessing.connection import Connection
 
-import pydicom.config
 import pydicom.uid
 
 from smartbox import logs
@@ -58,10 +57,10 @@ def main(argv: list[str]) -> int:
     listen = socket.socket(fileno=int(argv[1]))
     settings: WorkerSettings = conn.recv()
     trust = settings.trust
+    # the shared log set-up also turns pydicom's value validation off: the SCP never
+    # interprets values (it keeps bytes; the anonymiser validates), the warnings quote them,
+    # and the regex validation of every UID in an A-ASSOCIATE-RQ costs ~5 ms per association
     logs.setup(f"receiver-{trust.code}/w{settings.index}", settings.log_level)
-    # the SCP never interprets values (it keeps bytes; the anonymiser validates), and pydicom's
-    # regex validation of every UID in an A-ASSOCIATE-RQ costs ~5 ms per association
-    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     _memoize_uid_validity()
     spool = Spool(settings.spool_root, durable_commits=False)
     scp = StoreSCP(trust, spool, settings.key)

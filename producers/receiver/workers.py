@@ -1,10 +1,12 @@
-"""SCP worker processes: several pynetdicom SCPs accepting from one listening socket.
+"""SCP worker processes: several of our storage SCPs (``StoreSCP`` on our own upper layer,
+``ul.py``) accepting from one listening socket.
 
-pynetdicom costs several milliseconds of CPU per instance and holds the GIL while it works, so
-one process cannot use more than one core. The receiver therefore pre-forks: the parent makes
-the listening socket, starts ``workers`` processes (``python -m producers.receiver.worker``)
-that each run a ``StoreSCP`` on it, and keeps the relay, the metrics endpoint and the
-supervision for itself. All of them share the spool and its ledger.
+Receiving costs about a millisecond of CPU per 0.5 MB instance (negotiation more, per
+association) and Python holds the GIL while it works, so one process cannot use more than one
+core. The receiver therefore pre-forks: the parent makes the listening socket, starts
+``workers`` processes (``python -m producers.receiver.worker``) that each run a ``StoreSCP`` on
+it, and keeps the relay, the metrics endpoint and the supervision for itself. All of them
+share the spool and its ledger.
 
 Each worker gets its settings (trust, spool directory, the regional key) over a private
 socket pair, never through argv or the environment, and sends back its counters every

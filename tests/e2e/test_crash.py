@@ -42,17 +42,17 @@ def test_sigkill_anonymiser_mid_study(pipeline: Pipeline, tmp_path: Path) -> Non
     at_kill = len(staged_dicom(p, "RTK"))
     assert 0 < at_kill < N, f"kill landed outside the study ({at_kill} of {N} staged)"
     time.sleep(1.0)
-    assert p.objects("staging", "_export/pending/") == [], "nothing staged before the kill"
+    assert p.objects("staging", "_export/studies/") == [], "nothing staged before the kill"
 
     p.start("anonymiser", "anonymise")
-    wait_for(lambda: p.objects("staging", "_export/pending/RTK/"), 120, "study.staged")
+    wait_for(lambda: p.objects("staging", "_export/studies/RTK/"), 120, "study.staged")
     keys = staged_dicom(p, "RTK")
     assert len(keys) == N and len(set(keys)) == N
     manifests = [k for k in p.objects("staging", "RTK/") if "/manifest-" in k]
     assert len(manifests) == 1
     manifest = json.loads(p.read("staging", manifests[0]))
     assert sorted(i["key"] for i in manifest["instances"]) == sorted(keys)
-    pending = p.objects("staging", "_export/pending/RTK/")
+    pending = p.objects("staging", "_export/studies/RTK/")
     assert len(pending) == 1
 
     export = p.run_cli("export", "--now")
@@ -62,5 +62,5 @@ def test_sigkill_anonymiser_mid_study(pipeline: Pipeline, tmp_path: Path) -> Non
         120,
         "ingest",
     )
-    assert len(p.objects("archive", "RTK/")) == N
+    assert len([k for k in p.objects("archive", "RTK/") if k.endswith(".dcm")]) == N
     assert p.queue_messages("anonymiser", dlq=True) == []

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pydicom
+from helpers.malformed import malformed_study
 from helpers.pipeline import Pipeline
 from helpers.util import wait_for
 
@@ -15,8 +16,9 @@ from smartbox.synthetic import make_ct_study
 
 def pending_instances(p: Pipeline, code: str) -> int:
     total = 0
-    for key in p.objects("staging", f"_export/pending/{code}/"):
-        total += json.loads(p.read("staging", key))["instances_staged"]
+    for key in p.objects("staging", f"_export/studies/{code}/"):
+        record = json.loads(p.read("staging", key))
+        total += record["instances"] if record["state"] == "pending" else 0
     return total
 
 
@@ -64,18 +66,22 @@ def test_two_trusts_end_to_end(pipeline: Pipeline, tmp_path: Path) -> None:
     receipts = [json.loads(p.read("staging", k)) for k in receipt_keys]
     assert sorted(r["trust"] for r in receipts) == ["RGT", "RTK"]
     for r in receipts:
-        assert r["status"] == "complete"
+        assert r["status"] == "accepted"
+        assert {s["status"] for s in r["studies"]} == {"accepted"}
         assert r["instances_verified"] == sent[r["trust"]]
         assert r["checksum_failures"] == 0 and r["missing"] == 0
     for code in sent:
         assert p.metric("exporter", "smartbox_export_receipts_total", trust=code) == 1
-    manifests = [k for k in p.objects("national", "_batches/")]
+    manifests = [k for k in p.objects("national", "_batches/") if k.endswith(".json")]
     assert len(manifests) == 2
     expected: dict[str, str] = {}
+    study_manifests = []
     for key in manifests:
-        for obj in json.loads(p.read("national", key))["objects"]:
-            expected[obj["key"]] = obj["sha256"]
-    archived = p.objects("archive")
+        for study in json.loads(p.read("national", key))["studies"]:
+            study_manifests.append(study["manifest_key"])
+            for obj in study["objects"]:
+                expected[obj["key"]] = obj["sha256"]
+    archived = [k for k in p.objects("archive") if k.endswith(".dcm")]
     assert sorted(archived) == sorted(expected)
     for code, count in sent.items():
         assert len([k for k in archived if k.startswith(f"{code}/")]) == count
@@ -87,7 +93,7 @@ def test_two_trusts_end_to_end(pipeline: Pipeline, tmp_path: Path) -> None:
         ds = pydicom.dcmread(__import__("io").BytesIO(data))
         assert ds.PatientIdentityRemoved == "YES"
         assert ds.StudyInstanceUID.startswith("2.25.")
-    for key in manifests:
+    for key in manifests + study_manifests:
         exported_bytes.append(p.read("national", key))
 
     # no planted identifier anywhere in what left the box, nor in any log or message
@@ -144,3 +150,45 @@ def test_adding_a_trust_restarts_nothing_else(pipeline: Pipeline, tmp_path: Path
     # and the existing trust's receiver never saw the new trust's traffic
     assert p.metric("receiver-RTK", "smartbox_instances_received_total", trust="RGT") == 0
     assert p.metric("receiver-RTK", "smartbox_associations_total", trust="RTK") == 0
+
+
+def test_malformed_identifiable_input_leaves_no_value_in_any_log(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """pydicom's validation warnings quote values: a name in a DA, an MRN in an IS, a name in
+    a UI, over-long accession and NHS numbers. Sent over DICOM to the real receiver and
+    de-identified by the real anonymiser process, none of them may reach a log line."""
+    p = pipeline
+    p.add_trust("RTK")
+    p.start("receiver-RTK", "receive", "--trust", "RTK")
+    p.start("anonymiser", "anonymise")
+    study = malformed_study(400)
+    files = study.write(tmp_path / "send")
+    result = p.storescu("RTK", files)
+    assert result.returncode == 0, result.stderr
+
+    def manifests() -> list[dict]:
+        keys = [k for k in p.objects("staging", "RTK/") if "/manifest-" in k]
+        return [json.loads(p.read("staging", k)) for k in keys]
+
+    done = wait_for(
+        lambda: [m for m in manifests() if len(m["instances"]) + len(m["held_back"]) == 5],
+        120,
+        "the malformed study staged or held back",
+    )
+    assert len(done) == 1
+    staged = p.metric("anonymiser", "smartbox_instances_staged_total", trust="RTK")
+    held = sum(
+        p.metric("anonymiser", "smartbox_instances_held_back_total", trust="RTK", reason=r)
+        for r in {h["reason"].split(":", 1)[0] for h in done[0]["held_back"]}
+    )
+    assert staged + held == 5
+    logs = p.logs()
+    assert "anonymiser" in logs and "staged" in logs  # the logs are there, and say things
+    for value in study.identifiers:
+        assert value not in logs, "a planted identifier reached a log"
+    for entry in done[0]["instances"]:
+        data = p.read("staging", entry["key"])
+        for value in study.identifiers:
+            assert value.encode() not in data, "a planted identifier was staged"
+    assert p.queue_messages("anonymiser", dlq=True) == []

@@ -3,7 +3,8 @@
 The shared RabbitMQ on 127.0.0.1:5672 and the session S3 server serve everyone's tests at the
 same time, so a test that needs an outage gets its own: ``DedicatedRabbitMQ`` runs
 ``rabbitmq-server`` as a separate node (own name, ports, Erlang cookie, data and log
-directories, no plugins), stopped and started with ``rabbitmqctl -n NODE stop_app/start_app``;
+directories; no plugins, or ``rabbitmq_prometheus`` on a port of its own with
+``prometheus=True``), stopped and started with ``rabbitmqctl -n NODE stop_app/start_app``;
 ``PrivateS3`` runs ``weed mini`` on fixed ports and data directory so that it can be stopped
 and started again with its data.
 """
@@ -33,18 +34,23 @@ class DedicatedRabbitMQ:
     directory: Path
     node: str = field(default_factory=lambda: f"sbtest-{uuid.uuid4().hex[:8]}@localhost")
     process: subprocess.Popen[bytes] | None = None
+    #: serve rabbitmq_prometheus's /metrics and /metrics/per-object on ``prometheus_port``
+    prometheus: bool = False
 
     def __post_init__(self) -> None:
-        self.port, self.dist_port = pick_port_block(2)
+        self.port, self.dist_port, self.prometheus_port = pick_port_block(3)
         self.home = self.directory / "home"
         self.home.mkdir(parents=True, exist_ok=True)
         cookie = self.home / ".erlang.cookie"
         cookie.write_text(uuid.uuid4().hex.upper())
         cookie.chmod(0o400)
-        (self.directory / "enabled_plugins").write_text("[].\n")
-        (self.directory / "rabbitmq.conf").write_text(
-            f"listeners.tcp.1 = 127.0.0.1:{self.port}\nloopback_users = none\nlog.console = false\n"
-        )
+        plugins = "rabbitmq_prometheus" if self.prometheus else ""
+        (self.directory / "enabled_plugins").write_text(f"[{plugins}].\n")
+        conf = f"listeners.tcp.1 = 127.0.0.1:{self.port}\nloopback_users = none\n"
+        conf += "log.console = false\n"
+        if self.prometheus:
+            conf += f"prometheus.tcp.ip = 127.0.0.1\nprometheus.tcp.port = {self.prometheus_port}\n"
+        (self.directory / "rabbitmq.conf").write_text(conf)
 
     @property
     def url(self) -> str:

@@ -20,6 +20,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from .services import S3Server
 
 KEY = "e2e-" + "5" * 40
+#: the exporter's Ed25519 signing seed and its public key (the national side holds only that)
+SIGNING_SEED = "6" * 64
+
+
+def verify_key_hex() -> str:
+    from smartbox.signing import Signer
+
+    return Signer.from_env({"SMARTBOX_EXPORT_SIGNING_KEY": SIGNING_SEED}).public_hex()
 
 
 def free_port() -> int:
@@ -44,6 +52,8 @@ class Pipeline:
     s3: S3Server
     trusts: dict[str, int] = field(default_factory=dict)
     procs: dict[str, Proc] = field(default_factory=dict)
+    #: added to every process's environment last (e.g. an export schedule that is due)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         (self.root / "trusts").mkdir(parents=True, exist_ok=True)
@@ -75,6 +85,8 @@ class Pipeline:
                 "SMARTBOX_STAGING_BUCKET": self.buckets["staging"],
                 "SMARTBOX_NATIONAL_BUCKET": self.buckets["national"],
                 "SMARTBOX_PSEUDONYM_KEY": KEY,
+                "SMARTBOX_EXPORT_SIGNING_KEY": SIGNING_SEED,
+                "SMARTBOX_EXPORT_VERIFY_KEY": verify_key_hex(),
                 "SMARTBOX_TRUSTS_DIR": str(self.root / "trusts"),
                 "SMARTBOX_SPOOL_DIR": str(self.root / "spool"),
                 "SMARTBOX_EXPORT_SCHEDULE": "0 1 1 1 *",
@@ -82,6 +94,7 @@ class Pipeline:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        env.update(self.extra_env)
         return env
 
     def start(self, name: str, *args: str) -> Proc:

@@ -71,10 +71,15 @@ def _ports_free(ports: list[int]) -> bool:
     return True
 
 
+#: below Linux's ephemeral range (32768-60999 by default), so that the outgoing connections of
+#: other tests cannot take a port of the block between our check and weed's bind
+PORT_RANGE = (20000, 32700)
+
+
 def pick_port_block(count: int) -> list[int]:
     """``count`` consecutive free ports (weed adds its own offsets, so give every one)."""
     for _ in range(200):
-        base = random.randrange(20000, 60000 - count)
+        base = random.randrange(PORT_RANGE[0], PORT_RANGE[1] - count)
         ports = list(range(base, base + count))
         if _ports_free(ports):
             return ports
@@ -82,6 +87,22 @@ def pick_port_block(count: int) -> list[int]:
 
 
 def start_s3_server(weed: str, directory: Path, timeout: float = 60.0) -> S3Server:
+    """A ``weed mini`` on a fresh block of ports; tried again on other ports if one of the
+    block was taken by the time weed bound it (weed then exits at once)."""
+    for attempt in range(3):
+        try:
+            return _start_s3_server(weed, directory / f"try{attempt}", timeout)
+        except PortTaken:
+            continue
+    raise RuntimeError(f"weed mini could not bind its ports in 3 tries; see {directory}")
+
+
+class PortTaken(RuntimeError):
+    """weed mini exited during start-up: one of its ports was taken after we picked it."""
+
+
+def _start_s3_server(weed: str, directory: Path, timeout: float) -> S3Server:
+    directory.mkdir(parents=True, exist_ok=True)
     access, secret = "smartboxtest", uuid.uuid4().hex
     ports = pick_port_block(len(WEED_PORT_FLAGS))
     flags = dict(zip(WEED_PORT_FLAGS, ports, strict=True))
@@ -105,6 +126,9 @@ def start_s3_server(weed: str, directory: Path, timeout: float = 60.0) -> S3Serv
     client = server.client()
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            text = log.read_text(errors="replace")
+            if "not available" in text or "address already in use" in text.lower():
+                raise PortTaken(f"weed mini exited ({proc.returncode}); see {log}")
             raise RuntimeError(f"weed mini exited ({proc.returncode}); see {log}")
         try:
             client.list_buckets()

@@ -12,56 +12,16 @@ import time
 from pathlib import Path
 
 from helpers.receiver_env import CALLER, local_receiver, send_files, storescu
+from helpers.receiver_pdus import associate_raw, pdv, read_pdu
 from helpers.util import wait_for
 from pydicom.data import get_testdata_file
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
-from pynetdicom import AE, build_context
+from pynetdicom import AE
 from pynetdicom.dsutils import decode
-from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 
 from producers.receiver import dimse
 
 CT = Path(get_testdata_file("CT_small.dcm"))
-
-
-def associate_raw(host: str, port: int, called: str) -> socket.socket:
-    """A hand-made A-ASSOCIATE-RQ (CT, explicit VR LE as context 1) over a plain socket."""
-    rq = A_ASSOCIATE()
-    rq.application_context_name = "1.2.840.10008.3.1.1.1"
-    rq.calling_ae_title, rq.called_ae_title = CALLER, called
-    rq.presentation_context_definition_list = [
-        build_context(CTImageStorage, [ExplicitVRLittleEndian])
-    ]
-    rq.presentation_context_definition_list[0].context_id = 1
-    length = MaximumLengthNotification()
-    length.maximum_length_received = 16384
-    rq.user_information = [length]
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(rq)
-    sock = socket.create_connection((host, port), 10)
-    sock.sendall(pdu.encode())
-    assert read_pdu(sock)[0] == 0x02  # A-ASSOCIATE-AC
-    return sock
-
-
-def read_pdu(sock: socket.socket) -> tuple[int, bytes]:
-    header = b""
-    while len(header) < 6:
-        chunk = sock.recv(6 - len(header))
-        if not chunk:
-            return -1, b""
-        header += chunk
-    kind, length = struct.unpack(">BxI", header)
-    body = b""
-    while len(body) < length:
-        body += sock.recv(length - len(body))
-    return kind, body
-
-
-def pdv(context: int, control: int, data: bytes) -> bytes:
-    item = struct.pack(">IBB", len(data) + 2, context, control) + data
-    return struct.pack(">BxI", 0x04, len(item)) + item
 
 
 def store_command(message_id: int = 1, sop_class: str = CTImageStorage) -> bytes:

@@ -34,6 +34,19 @@ def test_receiver_fields_are_read(tmp_path: Path) -> None:
     assert (trust.workers, trust.max_associations, trust.spool_high_water_bytes) == (0, 8, 3145728)
 
 
+def test_deadlines_and_connection_caps(tmp_path: Path) -> None:
+    trust = load(tmp_path)
+    assert (trust.artim_seconds, trust.network_timeout_seconds) == (30.0, 60.0)
+    assert (trust.max_pending_associations, trust.max_pending_per_address) == (128, 32)
+    trust = load(
+        tmp_path,
+        "artim_seconds = 5\nnetwork_timeout_seconds = 120\n"
+        "max_pending_associations = 16\nmax_pending_per_address = 2\n",
+    )
+    assert (trust.artim_seconds, trust.network_timeout_seconds) == (5.0, 120.0)
+    assert (trust.max_pending_associations, trust.max_pending_per_address) == (16, 2)
+
+
 @pytest.mark.parametrize(
     ("extra", "field"),
     [
@@ -45,6 +58,10 @@ def test_receiver_fields_are_read(tmp_path: Path) -> None:
         ("max_associations = 0", "max_associations"),
         ("max_associations = 1.5", "max_associations"),
         ("spool_high_water_bytes = 10", "spool_high_water_bytes"),
+        ("max_pending_associations = 0", "max_pending_associations"),
+        ("max_pending_per_address = 2.5", "max_pending_per_address"),
+        ("artim_seconds = 0", "artim_seconds"),
+        ('network_timeout_seconds = "1m"', "network_timeout_seconds"),
     ],
 )
 def test_bad_receiver_field_is_named(tmp_path: Path, extra: str, field: str) -> None:

@@ -29,6 +29,8 @@ def arrived() -> dict:
 def test_every_schema_file_is_loaded_and_listed() -> None:
     files = {p.name for p in Path(schemas.__file__).parent.glob("*.schema.json")}
     expected = {schemas.schema_file(n, v) for n, v in schemas.SCHEMAS.items()}
+    expected |= {schemas.schema_file(n, v) for n, vs in schemas.SUPERSEDED.items() for v in vs}
+    expected |= {schemas.schema_file(n, v) for n, v in schemas.DOCUMENTS.items()}
     assert expected | {"envelope.v1.schema.json"} == files
     for name, version in schemas.SCHEMAS.items():
         assert schemas.load(name, version)["$schema"].endswith("2020-12/schema")
@@ -87,3 +89,56 @@ def test_extra_body_field_rejected() -> None:
     msg["body"]["patient_name"] = "SMITH^JOHN"
     with pytest.raises(SchemaError):
         schemas.validate(msg)
+
+
+def staged_with_reasons(reasons: dict[str, int]) -> dict:
+    return schemas.make_message(
+        "study.staged",
+        trust="RTK",
+        producer="anonymiser@box1",
+        body={
+            "study_key": "a" * 32,
+            "batch_id": "b" * 32,
+            "study_uid": "2.25.12345678901234567890",
+            "bucket": "staging",
+            "manifest_key": "RTK/2.25.1/manifest-" + "b" * 32 + ".json",
+            "instances_in": sum(reasons.values()),
+            "instances_staged": 0,
+            "instances_held_back": sum(reasons.values()),
+            "held_back_reasons": reasons,
+            "bytes_staged": 10,
+            "amendment": False,
+        },
+    )
+
+
+def test_the_reason_enum_is_generated_from_the_one_vocabulary() -> None:
+    from consumers.deid.reasons import DETAIL_PATTERN, Reason, main, schema_values
+
+    defs = schemas.load("envelope", 1)["$defs"]
+    assert defs["reason"]["enum"] == schema_values() == sorted(r.value for r in Reason)
+    assert defs["reason_detail"]["pattern"] == DETAIL_PATTERN
+    assert main(["--check"]) == 0
+    # every reason any stage can produce is a valid study.staged, all at once
+    schemas.validate(staged_with_reasons({r.value: 1 for r in Reason}))
+
+
+@pytest.mark.parametrize("reason", ["deid_error:NotImplementedError", "unknown", "made_up"])
+def test_reasons_outside_the_vocabulary_are_rejected(reason: str) -> None:
+    with pytest.raises(SchemaError):
+        schemas.validate(staged_with_reasons({reason: 1}))
+
+
+def test_a_held_back_detail_in_a_study_manifest_is_a_token_never_text() -> None:
+    manifest = {
+        "trust": "RTK",
+        "study_uid": "2.25.1234",
+        "batch_id": "b" * 32,
+        "amendment": False,
+        "instances": [],
+        "held_back": [{"source": "x.dcm", "reason": "deid_error", "detail": "KeyError"}],
+    }
+    schemas.validate_document("staging.study", manifest)
+    manifest["held_back"][0]["detail"] = "Invalid value for VR PN: 'SMITH^JOHN'"
+    with pytest.raises(SchemaError):
+        schemas.validate_document("staging.study", manifest)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -198,3 +199,16 @@ def policy() -> DeidPolicy:
 @pytest.fixture
 def deid(key: PseudonymKey, policy: DeidPolicy) -> Deidentifier:
     return Deidentifier(key, policy)
+
+
+def write_trust(folder: Path, code: str, body: str = "", head: str = "") -> Path:
+    """A valid trust file ``folder/<code>.toml``: the receiver's required keys, then ``head``
+    (more top-level keys) and ``body`` (tables such as ``[deidentification]``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{code}.toml"
+    path.write_text(
+        f'code = "{code}"\nname = "Test trust {code}"\nae_title = "SB_{code}"\nport = 0\n'
+        f'allowed_callers = ["{code}_PACS"]\n{head}\n{body}',
+        encoding="utf-8",
+    )
+    return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import KEY, ct_dataset, planted_dataset, to_bytes
+from conftest import KEY, ct_dataset, planted_dataset, to_bytes, write_trust
 
 from consumers.deid.cli import main
 
@@ -49,10 +49,11 @@ def test_cli_exit_codes(tmp_path, env_key, monkeypatch) -> None:
 
 def test_cli_reads_trust_file(tmp_path, env_key) -> None:
     trusts = tmp_path / "trusts"
-    trusts.mkdir()
-    (trusts / "RX1.toml").write_text(
-        'code = "RX1"\nnhs_number_attribute = "OtherPatientIDs"\n'
-        '[deidentification]\noptions = ["retain_longitudinal_full_dates"]\n'
+    write_trust(
+        trusts,
+        "RX1",
+        '[deidentification]\noptions = ["retain_longitudinal_full_dates"]\n',
+        head='nhs_number_attribute = "OtherPatientIDs"\n',
     )
     src = tmp_path / "in.dcm"
     src.write_bytes(to_bytes(ct_dataset()))
@@ -67,12 +68,12 @@ def test_cli_reads_trust_file(tmp_path, env_key) -> None:
 
 def test_cli_applies_mask_rules_from_trust_file(tmp_path, env_key) -> None:
     trusts = tmp_path / "trusts"
-    trusts.mkdir()
-    (trusts / "RX2.toml").write_text(
-        'code = "RX2"\n'
+    write_trust(
+        trusts,
+        "RX2",
         "[[deidentification.mask_rules]]\n"
         'name = "acme"\nmanufacturer = "ACME Medical"\nmodel = "Sono 1"\nmodality = "US"\n'
-        "rows = 16\ncolumns = 16\nrectangles = [[0, 0, 16, 4]]\n"
+        "rows = 16\ncolumns = 16\nrectangles = [[0, 0, 16, 4]]\n",
     )
     ds = ct_dataset()
     ds.Modality, ds.ManufacturerModelName = "US", "Sono 1"
@@ -83,9 +84,7 @@ def test_cli_applies_mask_rules_from_trust_file(tmp_path, env_key) -> None:
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["written"] == 1 and summary["pixels_masked"] == 1
-    (trusts / "RX2.toml").write_text(
-        'code = "RX2"\n[[deidentification.mask_rules]]\nmanufacturer = "ACME"\n'
-    )
+    write_trust(trusts, "RX2", '[[deidentification.mask_rules]]\nmanufacturer = "ACME"\n')
     assert main(args) == 2  # model, rows, ... missing: a configuration error, named
 
 
@@ -96,8 +95,7 @@ def test_cli_ocr_without_tesseract_is_a_configuration_error(
 
     monkeypatch.setattr(shutil, "which", lambda name: None)
     trusts = tmp_path / "trusts"
-    trusts.mkdir()
-    (trusts / "RX3.toml").write_text('code = "RX3"\n[deidentification]\nocr = true\n')
+    write_trust(trusts, "RX3", "[deidentification]\nocr = true\n")
     src = tmp_path / "in.dcm"
     src.write_bytes(to_bytes(ct_dataset()))
     args = [str(src), "--out", str(tmp_path / "o"), "--trust", "RX3", "--trusts-dir", str(trusts)]

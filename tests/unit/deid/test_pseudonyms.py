@@ -8,28 +8,29 @@ import hmac
 import pytest
 from conftest import KEY, NHS
 
-from consumers.deid import DeidConfigError, Deidentifier, DeidPolicy, PseudonymKey
+from consumers.deid import Deidentifier, DeidPolicy, PseudonymKey
 from consumers.deid.pseudonyms import nhs_number_valid, shift_da, shift_date_value, shift_dt
+from smartbox.errors import ConfigError
 
 
 def test_missing_key_is_a_config_error() -> None:
-    with pytest.raises(DeidConfigError, match="SMARTBOX_PSEUDONYM_KEY"):
+    with pytest.raises(ConfigError, match="SMARTBOX_PSEUDONYM_KEY"):
         PseudonymKey.from_env({})
-    with pytest.raises(DeidConfigError):
+    with pytest.raises(ConfigError):
         PseudonymKey.from_env({"SMARTBOX_PSEUDONYM_KEY": "   "})
 
 
 def test_key_from_env_and_file(tmp_path) -> None:
     key = PseudonymKey.from_env(
-        {"SMARTBOX_PSEUDONYM_KEY": "s3cret-value", "SMARTBOX_PSEUDONYM_KEY_VERSION": "k2"}
+        {"SMARTBOX_PSEUDONYM_KEY": "s3cret-value-0123", "SMARTBOX_PSEUDONYM_KEY_VERSION": "k2"}
     )
-    assert key.secret == b"s3cret-value" and key.version == "k2"
+    assert key.secret == b"s3cret-value-0123" and key.version == "k2"
     path = tmp_path / "key"
-    path.write_bytes(b"file-secret\n")
+    path.write_bytes(b"file-secret-0123456\n")
     key = PseudonymKey.from_env({"SMARTBOX_PSEUDONYM_KEY_FILE": str(path)})
-    assert key.secret == b"file-secret" and key.version == "k1"
+    assert key.secret == b"file-secret-0123456" and key.version == "k1"
     assert "file-secret" not in repr(key) and "file-secret" not in str(key)
-    with pytest.raises(DeidConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="cannot be read"):
         PseudonymKey.from_env({"SMARTBOX_PSEUDONYM_KEY_FILE": str(tmp_path / "missing")})
 
 

@@ -32,10 +32,8 @@ def test_compose_services_and_mounts() -> None:
     assert {"rabbitmq", "minio", "minio-init", "prometheus", "grafana"} <= set(services)
     smartbox = {n: s for n, s in services.items() if s.get("image") == "smartbox:dev"}
     assert {s["command"][0] for s in smartbox.values()} == SUBCOMMANDS
-    assert {s["command"][2] for s in smartbox.values() if s["command"][0] == "receive"} == {
-        "RTK",
-        "RGT",
-    }
+    trusts = {p.stem for p in (ROOT / "trusts").glob("*.toml")}
+    assert {s["command"][2] for s in smartbox.values() if s["command"][0] == "receive"} == trusts
     for name, svc in smartbox.items():
         assert svc["build"]["dockerfile"] == "deploy/compose/Dockerfile", name
         assert (COMPOSE / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
@@ -44,8 +42,8 @@ def test_compose_services_and_mounts() -> None:
             src = vol.split(":", 1)[0]
             if src.startswith("."):
                 assert (COMPOSE / src).exists(), src
-    for trust in ("RTK", "RGT"):
-        assert (COMPOSE / "trusts" / f"{trust}.toml").is_file()
+    for svc in smartbox.values():  # the repository's trust files, not a copy
+        assert "../../trusts:/etc/smartbox/trusts:ro" in svc["volumes"]
     assert (COMPOSE / doc["secrets"]["smartbox-env"]["file"]).is_file()
 
 
@@ -57,8 +55,13 @@ def test_prometheus_targets_match_compose_ports() -> None:
         t
         for job in prom["scrape_configs"]
         if job["job_name"].startswith("smartbox-")
-        for sc in job["static_configs"]
+        for sc in job.get("static_configs", [])
         for t in sc["targets"]
+    } | {  # scaled services: every replica by DNS
+        f"{name}:{sd['port']}"
+        for job in prom["scrape_configs"]
+        for sd in job.get("dns_sd_configs", [])
+        for name in sd["names"]
     }
     expected = {
         f"{name}:{svc['environment']['SMARTBOX_METRICS_PORT']}"
@@ -87,7 +90,7 @@ def _unit(path: Path) -> dict[str, list[str]]:
 
 UNITS = {
     "smartbox-receiver@.service": "receive --trust %i",
-    "smartbox-anonymiser.service": "anonymise",
+    "smartbox-anonymiser@.service": "anonymise",
     "smartbox-exporter.service": "export",
     "smartbox-ingest.service": "ingest",
 }
@@ -118,12 +121,31 @@ def test_receiver_spool_is_writable_and_per_trust() -> None:
 
 def test_metrics_ports_match_prometheus() -> None:
     text = PROM_CONFIG.read_text()
-    for name, port in (("anonymiser", 9101), ("exporter", 9102), ("ingest", 9103)):
+    for name, port in (("exporter", 9102), ("ingest", 9103)):
         env = dict(
             v.split("=", 1) for v in _unit(SYSTEMD / f"smartbox-{name}.service")["Environment"]
         )
         assert env["SMARTBOX_METRICS_PORT"] == str(port)
         assert f'"{name}:{port}"' in text
+
+
+def test_anonymiser_instances_have_their_own_port_and_directory() -> None:
+    """N anonymisers on one host: the port comes from a required per-instance env file."""
+    unit = _unit(SYSTEMD / "smartbox-anonymiser@.service")
+    assert "/etc/smartbox/anonymiser-%i.env" in unit["EnvironmentFile"]  # no '-': required
+    env = dict(v.split("=", 1) for v in unit["Environment"])
+    assert "SMARTBOX_METRICS_PORT" not in env  # a shared default would collide
+    assert unit["ReadWritePaths"] == ["/var/lib/smartbox/anonymiser/%i"]
+    ports = {}
+    for example in sorted(SYSTEMD.glob("anonymiser-*.env.example")):
+        n = int(example.name.split("-")[1].split(".")[0])
+        values = dict(
+            line.split("=", 1)
+            for line in example.read_text().splitlines()
+            if line and not line.startswith("#")
+        )
+        ports[n] = int(values["SMARTBOX_METRICS_PORT"])
+    assert ports == {1: 9121, 2: 9122}  # 9120 + N
 
 
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
@@ -143,3 +165,27 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     )
     problems = [ln for ln in (res.stdout + res.stderr).splitlines() if str(tmp_path) in ln]
     assert res.returncode == 0 and not problems, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("name", sorted(UNITS))
+def test_units_bind_metrics_to_loopback_explicitly(name: str) -> None:
+    env = dict(v.split("=", 1) for v in _unit(SYSTEMD / name)["Environment"])
+    assert env["SMARTBOX_METRICS_HOST"] == "127.0.0.1"
+
+
+def test_compose_metrics_listen_in_the_container_and_publish_on_host_loopback() -> None:
+    yaml = _yaml()
+    services = yaml.safe_load((COMPOSE / "docker-compose.yml").read_text())["services"]
+    for name, svc in services.items():
+        if svc.get("image") != "smartbox:dev":
+            continue
+        env = svc["environment"]
+        assert env["SMARTBOX_METRICS_HOST"] == "0.0.0.0", name  # noqa: S104 - the container's
+        port = env["SMARTBOX_METRICS_PORT"]
+        if "deploy" in svc:  # scaled: one host port of a range per replica
+            [published] = [p for p in svc["ports"] if p.endswith(f":{port}")]
+            low, high = published.split(":")[1].split("-")
+            assert published.startswith("127.0.0.1:") and low == port, name
+            assert int(high) - int(low) + 1 >= svc["deploy"]["replicas"], name
+        else:
+            assert f"127.0.0.1:{port}:{port}" in svc["ports"], name

@@ -30,6 +30,8 @@ WORK_QUEUES = {
     "national.ingest": "export.batch.*",
     "export.receipts": "export.receipt.*",
 }
+#: further bindings: a study the exporter dead-lettered itself, replayed by an operator
+EXTRA_BINDINGS = {"exporter": ("export.failed.*",)}
 
 
 def work_args(queue: str) -> dict[str, object]:
@@ -91,6 +93,8 @@ def test_bindings(defs: dict) -> None:
         q = f"{NS}.{role}"
         expected.add((f"{NS}.events", q, "queue", key))
         expected.add((f"{NS}.dlx", f"{q}.dlq", "queue", q))
+        for extra in EXTRA_BINDINGS.get(role, ()):
+            expected.add((f"{NS}.events", q, "queue", extra))
     assert got == expected
 
 
@@ -145,6 +149,7 @@ def test_code_binds_the_same_keys(defs: dict) -> None:
         if WORK_QUEUES.get(role) != key
     }
     assert diff == {}
+    assert topology.EXTRA_BINDINGS == EXTRA_BINDINGS
 
 
 # --- the real broker -------------------------------------------------------------------------
