@@ -27,20 +27,25 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import schemas
 from consumers.deid import Deidentifier, DeidPolicy, PolicyBuilder
+from consumers.deid.identity import Fingerprint
+from consumers.deid.pseudonyms import Linkage
 from consumers.deid.reasons import Reason, exception_detail
-from smartbox import __version__, layout, metrics
+from smartbox import __version__, layout, logs, metrics
 from smartbox.bus import Bus
-from smartbox.config import TrustConfig, TrustRegistry
+from smartbox.canary import PROBE_PATIENT_ID
+from smartbox.config import Settings, TrustConfig, TrustRegistry
 from smartbox.errors import ConfigError, PermanentError, SchemaError
 from smartbox.keys import RegionalKey
 from smartbox.store import ObjectStore, get_json, put_json
 from smartbox.transfer import BadObject, read_verified
 
+from .identity_check import conflicts, earlier_study
+from .identity_index import IdentityIndex
 from .withdraw import WithdrawalRegistry
 
 log = logging.getLogger(__name__)
@@ -52,6 +57,10 @@ class _Outcome:
     reason: Reason | None
     nhs_number_valid: bool
     detail: str | None = None
+    #: for the identity index (key rotation): identifying, never logged
+    linkage: Linkage | None = field(default=None, repr=False)
+    #: keyed fingerprints of the source's patient (study consistency check), never logged
+    identity: Fingerprint | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,7 @@ class Anonymiser:
         *,
         workers: int = 4,
         policies: PolicyBuilder | None = None,
+        index: IdentityIndex | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -105,6 +115,34 @@ class Anonymiser:
         self._ready = False
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="deid")
         self._withdrawn = WithdrawalRegistry(store, buckets.staging)
+        # identifier -> pseudonym per key version, so that a key rotation keeps linkage
+        self.index = index
+
+    @classmethod
+    def from_env(
+        cls,
+        store: ObjectStore,
+        bus: Bus,
+        settings: Settings,
+        environ: dict[str, str] | None = None,
+    ) -> Anonymiser:
+        """Wired as ``smartbox anonymise`` runs it: the regional key, the trust files (re-read
+        when they change) and the one policy builder, all from the environment."""
+        index = IdentityIndex.from_env(store, environ)
+        if index is None:
+            log.warning(
+                "no SMARTBOX_IDENTITY_INDEX_KEY: no identity index is kept, so a later key "
+                "rotation could not link patients' histories (docs/deidentification.md)"
+            )
+        return cls(
+            store,
+            bus,
+            RegionalKey.from_env(environ),
+            TrustRegistry(settings.trusts_dir),
+            Buckets(settings.quarantine_bucket, settings.staging_bucket),
+            policies=PolicyBuilder.from_env(environ),
+            index=index,
+        )
 
     def engine_for(self, code: str) -> tuple[TrustConfig, Deidentifier]:
         """The trust's de-identifier, rebuilt when its trust file changed."""
@@ -140,7 +178,14 @@ class Anonymiser:
         except Exception as exc:  # noqa: BLE001 - process() holds back bad input itself; a
             # bug that escapes it must still cost this one instance only, not the study
             return _Outcome(None, Reason.DEID_ERROR, False, exception_detail(exc)), None
-        outcome = _Outcome(result.study_uid, result.reason, result.nhs_number_valid, result.detail)
+        outcome = _Outcome(
+            result.study_uid,
+            result.reason,
+            result.nhs_number_valid,
+            result.detail,
+            result.linkage,
+            result.identity,
+        )
         if (
             result.ok
             and result.patient_pseudonym
@@ -166,6 +211,12 @@ class Anonymiser:
             "sop_class_uid": result.sop_class_uid,
             "modality": result.modality,
             "patient": result.patient_pseudonym,
+            # overlay bits cleared from the pixel data (consumers.deid.pixel_bits)
+            **(
+                {"pixel_bits_cleared": result.pixel_bits_cleared}
+                if result.pixel_bits_cleared
+                else {}
+            ),
         }
 
     def _source(self, bucket: str, entry: dict[str, Any]) -> bytes | Reason:
@@ -185,6 +236,20 @@ class Anonymiser:
             except PermanentError:
                 return Reason.SOURCE_INVALID
         return Reason.SOURCE_CHECKSUM_MISMATCH
+
+    def _identity_conflict(
+        self, code: str, batch_id: str, outcomes: list[tuple[_Outcome, dict[str, Any] | None]]
+    ) -> tuple[list[bool], set[str]]:
+        """(for each instance, whether it disagrees on its patient with the batch or with the
+        study's earlier batches; the staged keys earlier manifests list, not to be deleted)."""
+        study_uid = next((o.study_uid for o, _s in outcomes if o.study_uid), None)
+        patients, keys = (
+            earlier_study(self.store, self.buckets.staging, code, study_uid, batch_id)
+            if study_uid
+            else (set(), set())
+        )
+        staged_as = [s.get("patient") if s is not None else None for _o, s in outcomes]
+        return conflicts([o.identity for o, _s in outcomes], staged_as, patients), keys
 
     def handle(self, message: dict[str, Any]) -> None:
         started = time.monotonic()
@@ -210,10 +275,27 @@ class Anonymiser:
         fallbacks = 0
         # instances of a batch in parallel: S3 round trips overlap with de-identification
         outcomes = list(
-            self._pool.map(lambda e: self._one(engine, code, body["bucket"], e), batch["instances"])
+            self._pool.map(
+                # the message's log context goes with each instance to the pool's threads
+                logs.carry(lambda e: self._one(engine, code, body["bucket"], e)),
+                batch["instances"],
+            )
         )
-        for entry, (result, staged_entry) in zip(batch["instances"], outcomes, strict=True):
+        mixed, keep = self._identity_conflict(code, body["batch_id"], outcomes)
+        linkages: list[Linkage] = []
+        for entry, (result, staged_entry), odd in zip(
+            batch["instances"], outcomes, mixed, strict=True
+        ):
             study_uid = study_uid or result.study_uid
+            if odd and staged_entry is not None:  # one study, one patient: never staged
+                if staged_entry["key"] not in keep:
+                    self.store.delete(self.buckets.staging, staged_entry["key"])
+                result, staged_entry = (
+                    _Outcome(
+                        result.study_uid, Reason.PATIENT_IDENTITY_CONFLICT, result.nhs_number_valid
+                    ),
+                    None,
+                )
             if staged_entry is None:
                 reason = result.reason or Reason.DEID_ERROR
                 reasons[reason] += 1
@@ -225,11 +307,16 @@ class Anonymiser:
             if not result.nhs_number_valid:
                 fallbacks += 1
             staged.append(staged_entry)
+            if result.linkage is not None:
+                linkages.append(result.linkage)
         if instances and reasons[Reason.SOURCE_MISSING] == len(instances):
             # none of the originals exists: a storage problem for a human, not a study to
             # announce empty (the message stays replayable in the dead-letter queue)
             raise PermanentError("no quarantine object of the batch exists")
         study_uid = study_uid or staged_study_uid_fallback(self.key, body["study_key"])
+        # a smartbox probe: every staged instance is the reserved probe patient's (never exported)
+        probe = engine.patient_pseudonym(None, PROBE_PATIENT_ID)[0]
+        synthetic = bool(staged) and all(s["patient"] == probe for s in staged)
         manifest_key = layout.study_manifest_key(code, study_uid, body["batch_id"])
         manifest = {
             "trust": code,
@@ -242,8 +329,12 @@ class Anonymiser:
             "deidentification": describe_profile(engine.policy),
             "key_version": self.key.version,
             "code_version": __version__,
+            **({"synthetic": True} if synthetic else {}),
         }
         schemas.validate_document("staging.study", manifest)  # a storage contract, checked on write
+        if self.index is not None:  # before the study is announced for export: durable first
+            for linkage in linkages:
+                self.index.record(code, self.key.version, linkage)
         put_json(self.store, self.buckets.staging, manifest_key, manifest)
         out = schemas.make_message(
             "study.staged",
@@ -267,15 +358,17 @@ class Anonymiser:
                     "calling_aes": batch.get("calling_aes", []),
                     "acquired_days_before_arrival": batch.get("acquired_days_before_arrival"),
                 },
+                **({"synthetic": True} if synthetic else {}),
             },
         )
         self.bus.publish(out)
-        metrics.INSTANCES_STAGED.labels(code).inc(len(staged))
-        for reason, n in reasons.items():
-            metrics.INSTANCES_HELD_BACK.labels(code, reason.label).inc(n)
-        if fallbacks:
-            metrics.NHS_FALLBACK.labels(code).inc(fallbacks)
-        metrics.STUDIES_STAGED.labels(code).inc()
+        if not synthetic:  # the trust's counts: probe studies are the probe's (smartbox.canary)
+            metrics.INSTANCES_STAGED.labels(code).inc(len(staged))
+            for reason, n in reasons.items():
+                metrics.INSTANCES_HELD_BACK.labels(code, reason.label).inc(n)
+            if fallbacks:
+                metrics.NHS_FALLBACK.labels(code).inc(fallbacks)
+            metrics.STUDIES_STAGED.labels(code).inc()
         metrics.STAGE_SECONDS.labels(code, "anonymise").observe(time.monotonic() - started)
         log.info(
             "%s: study %s batch %s staged %d, held back %d",

@@ -33,6 +33,7 @@ from smartbox.signing import Signer
 from smartbox.store import ObjectStore
 from smartbox.transfer import BadObject, copy_verified
 
+from . import rotation
 from .export_state import ExportState
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,18 @@ def selection_id(trust: str, entries: list[tuple[str, int]]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def batch_id_for(trust: str, studies: list[dict[str, Any]], withdrawals: list[str]) -> str:
-    """Content address of a batch: its study manifests (id, sha256, attempt) and withdrawals."""
+def batch_id_for(
+    trust: str,
+    studies: list[dict[str, Any]],
+    withdrawals: list[str],
+    rotations: list[str] | None = None,
+) -> str:
+    """Content address of a batch: its study manifests (id, sha256, attempt), withdrawals and
+    rotation maps (ids are content addresses themselves)."""
     parts = sorted(f"{s['export_id']}:{s['manifest_sha256']}:{s['attempt']}" for s in studies)
     text = f"batch:{trust}|" + ";".join(parts) + "|" + ";".join(sorted(withdrawals))
+    if rotations:  # a batch without one keeps the id it always had
+        text += "|rotations:" + ";".join(sorted(rotations))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -69,6 +78,7 @@ class BatchRunner:
         *,
         heartbeat: Callable[[], None] = lambda: None,
         progress: Callable[[int], None] = lambda n: None,
+        synthetic: bool = False,
     ) -> None:
         self.state = state
         self.store = state.store
@@ -78,6 +88,8 @@ class BatchRunner:
         self.signer = signer
         self.heartbeat = heartbeat
         self.progress = progress
+        #: probe studies to the canary bucket (consumers.export_canary): batches say so
+        self.synthetic = synthetic
         self.producer = schemas.producer_name("exporter")
 
     def run(self, key: str, claim: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +100,8 @@ class BatchRunner:
         if claim.get("message") is not None:
             self._mark_sent(claim)
             self.bus.publish(claim["message"])
-            metrics.EXPORT_TRUST_BATCHES.labels(claim["trust"]).inc()
+            if not self.synthetic:  # the trusts' export metrics count real batches only
+                metrics.EXPORT_TRUST_BATCHES.labels(claim["trust"]).inc()
         self.state.drop_claim(key)
         return claim
 
@@ -168,9 +181,21 @@ class BatchRunner:
             }
             for w in claim.get("withdrawals", [])
         ]
-        if not studies and not withdrawals:
+        rotations = rotation.export(
+            self.store,
+            self.state.bucket,
+            self.national,
+            self.national_bucket,
+            claim.get("rotations", []),
+        )
+        if not studies and not withdrawals and not rotations:
             return
-        batch_id = batch_id_for(code, studies, [w["export_id"] for w in withdrawals])
+        batch_id = batch_id_for(
+            code,
+            studies,
+            [w["export_id"] for w in withdrawals],
+            [r["rotation_id"] for r in rotations],
+        )
         document = {
             "document": "national.batch",
             "version": 1,
@@ -179,6 +204,10 @@ class BatchRunner:
             "key_id": self.signer.key_id,
             "studies": studies,
             "withdrawals": withdrawals,
+            # key-rotation maps, each by its sha256: signed with the rest
+            **({"rotations": rotations} if rotations else {}),
+            # signed with the rest: the national side archives nothing of a synthetic batch
+            **({"synthetic": True} if self.synthetic else {}),
         }
         schemas.validate_document("national.batch", document)
         data = canonical(document)
@@ -188,10 +217,14 @@ class BatchRunner:
         self.national.put_bytes(
             self.national_bucket, layout.national_signature_key(code, batch_id), signature
         )
+        records = {
+            s["export_id"]: r
+            for s in studies
+            if (r := self.state.get(code, s["export_id"])) is not None
+        }
         parents = [
             {"message_id": r["message_id"], "correlation_id": r["correlation_id"]}
-            for r in (self.state.get(code, s["export_id"]) for s in studies)
-            if r is not None
+            for r in records.values()
         ]
         claim["batch_id"] = batch_id
         claim["message"] = schemas.make_message(
@@ -217,12 +250,25 @@ class BatchRunner:
                         "study_uid": s["study_uid"],
                         "instance_count": len(s["objects"]),
                         "attempt": s["attempt"],
+                        # the study's own correlation id (from study.arrived), for the
+                        # national side's log lines: the batch has its own
+                        **(
+                            {"correlation_id": records[s["export_id"]]["correlation_id"]}
+                            if s["export_id"] in records
+                            else {}
+                        ),
                     }
                     for s in studies
                 ],
                 "withdrawals": [
                     {"export_id": w["export_id"], "study_uid": w["study_uid"]} for w in withdrawals
                 ],
+                **(
+                    {"rotations": [{"rotation_id": r["rotation_id"]} for r in rotations]}
+                    if rotations
+                    else {}
+                ),
+                **({"synthetic": True} if self.synthetic else {}),
             },
         )
         self.state.save_claim(key, claim)
@@ -243,3 +289,4 @@ class BatchRunner:
         for w in claim.get("withdrawals", []):
             w.update(batch_id=batch_id, sent_at=now)
             self.state.save_withdrawal(w)
+        rotation.mark_sent(self.store, self.state.bucket, claim.get("rotations", []), batch_id, now)

@@ -9,6 +9,7 @@ backfill is the trust file's to say (``classify``: ``backfill``, ``backfill_call
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
@@ -19,6 +20,7 @@ from smartbox.config import TrustConfig, environment
 from smartbox.errors import ConfigError
 
 DAY = 86400.0
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,9 @@ class ExportPolicy:
     quarantine_grace_seconds: float = 7 * DAY
     quarantine_alert_seconds: float = 30 * DAY
     staging_grace_seconds: float = 7 * DAY
+    #: where probe studies are exported (national store), alone and marked synthetic; None:
+    #: they are never exported (``consumers.export_canary``)
+    canary_bucket: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ExportPolicy:
@@ -62,7 +67,14 @@ class ExportPolicy:
                 raise ConfigError(
                     "environment: SMARTBOX_EXPORT_WINDOW_END: HH:MM, or 'none'"
                 ) from None
+        canary = env.get("SMARTBOX_EXPORT_CANARY_BUCKET", "").strip() or None
+        if canary is not None and not _BUCKET.match(canary):
+            raise ConfigError(
+                "environment: SMARTBOX_EXPORT_CANARY_BUCKET: an S3 bucket name "
+                "(3-63 lower-case letters, digits, dots and hyphens)"
+            )
         return cls(
+            canary_bucket=canary,
             max_batch_studies=int(number("SMARTBOX_EXPORT_MAX_BATCH_STUDIES", 500, 1, 100_000)),
             max_batch_bytes=int(number("SMARTBOX_EXPORT_MAX_BATCH_BYTES", 10 * 1024**3, 1, 1e15)),
             max_attempts=int(number("SMARTBOX_EXPORT_MAX_ATTEMPTS", 3, 1, 100)),

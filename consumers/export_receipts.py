@@ -19,11 +19,12 @@ from functools import cache
 from typing import Any
 
 import schemas
-from smartbox import layout, metrics
+from smartbox import layout, logs, metrics
 from smartbox.bus import Bus
 from smartbox.errors import PermanentError
 from smartbox.store import ObjectStore, put_json
 
+from . import rotation
 from .export_policy import ExportPolicy
 from .export_state import ExportState
 
@@ -106,6 +107,14 @@ class ReceiptHandling:
                 self.state.unmark_sent(record)
                 self.state.put(record)
                 metrics.STUDIES_ACKNOWLEDGED.labels(code).inc()
+                # the study's own correlation id: its trail ends here, at the receipt
+                with logs.context(correlation_id=record.get("correlation_id")):
+                    log.info(
+                        "%s: study version %s acknowledged nationally (batch %s)",
+                        code,
+                        record["export_id"],
+                        body["batch_id"],
+                    )
             else:
                 reason = study.get("reason", "unknown")
                 metrics.STUDIES_REJECTED.labels(code, reason).inc()
@@ -120,6 +129,9 @@ class ReceiptHandling:
             if w["status"] == "applied":
                 self.state.drop_withdrawal(code, w["export_id"])
                 metrics.WITHDRAWALS.labels(code, "acknowledged").inc()
+        for r in body.get("rotations", []):  # key rotation maps: applied nationally
+            if r["status"] == "applied":
+                rotation.applied(self.store, self.staging, code, r["rotation_id"])
 
     def _requeue(self, record: dict[str, Any], reason: str) -> None:
         """Back to the queue for the next window, or set aside after ``max_attempts``."""

@@ -216,6 +216,7 @@ def new_record(
         "bucket": body["bucket"],
         "manifest_key": body["manifest_key"],
         "instances": body["instances_staged"],
+        "held_back": body["instances_held_back"],  # counted by smartbox status
         "bytes": body["bytes_staged"],
         "amendment": body["amendment"],
         "class": klass,

@@ -27,7 +27,7 @@ from functools import partial
 from typing import Any
 
 import schemas
-from smartbox import layout, metrics
+from smartbox import layout, logs, metrics
 from smartbox.bus import Bus
 from smartbox.config import TrustConfig, TrustRegistry
 from smartbox.errors import (
@@ -40,7 +40,9 @@ from smartbox.lease import Lease, LeaseLost
 from smartbox.signing import Signer
 from smartbox.store import ObjectStore, get_json, put_json
 
+from . import rotation
 from .export_batch import BatchRunner, selection_id
+from .export_canary import export_probe, probe_state
 from .export_compact import compact
 from .export_gauges import GaugeKeeping
 from .export_policy import ExportPolicy, classify
@@ -93,6 +95,11 @@ class Exporter(ReceiptHandling, GaugeKeeping):
         self.policy = policy or ExportPolicy()
         self.staging = staging_bucket
         self.national_bucket = national_bucket
+        if self.policy.canary_bucket == national_bucket:
+            raise ConfigError(
+                "environment: SMARTBOX_EXPORT_CANARY_BUCKET: must not be the national bucket "
+                f"({national_bucket}): probe studies never go there"
+            )
         self.quarantine = quarantine_bucket  # listed (never read) for the unprocessed gauge
         self.state = ExportState(store, staging_bucket)
         # trust files say which studies are backfill (re-read when they change)
@@ -119,6 +126,8 @@ class Exporter(ReceiptHandling, GaugeKeeping):
         if record is None:
             klass = classify(self._trust(code), body.get("source"))
             record = new_record(code, body, message, klass)
+            if body.get("synthetic") and record["state"] == "pending":
+                record.update(synthetic=True, state=probe_state(self))  # consumers.export_canary
             record["patients"] = self._patients(record)
             if any(self.withdrawn.is_withdrawn(p) for p in record["patients"]):
                 record["state"] = "withdrawn"
@@ -128,7 +137,9 @@ class Exporter(ReceiptHandling, GaugeKeeping):
             self.store.put_bytes(
                 self.staging, layout.patient_key(patient, code, record["export_id"]), b""
             )
-        if record["state"] == "pending":
+        if record["state"] == "pending" and record.get("synthetic"):
+            export_probe(self, record)  # to the canary bucket, never queued for the national
+        elif record["state"] == "pending":
             self.state.enqueue(record)
             self._pending[code][0] += 1
             self._pending[code][1] += record["bytes"]
@@ -137,6 +148,7 @@ class Exporter(ReceiptHandling, GaugeKeeping):
             self.state.mark_trust(code)
             self._known_trusts.add(code)
         self.state.mark_day(record)  # last: the record is complete
+        log.info("%s: study version %s recorded: %s", code, record["export_id"], record["state"])
 
     def _trust(self, code: str) -> TrustConfig | None:
         try:
@@ -263,7 +275,12 @@ class Exporter(ReceiptHandling, GaugeKeeping):
             if export_id in tried:
                 continue
             record = self.state.get(code, export_id)
-            if record is None or record["state"] != "pending" or record["class"] != klass:
+            if (
+                record is None
+                or record["state"] != "pending"
+                or record["class"] != klass
+                or record.get("synthetic")  # a probe study never goes to the national bucket
+            ):
                 self.state.drop_queued_key(code, klass, day, export_id)  # stale marker
                 continue
             if any(self.withdrawn.is_withdrawn(p) for p in record["patients"]):
@@ -279,6 +296,7 @@ class Exporter(ReceiptHandling, GaugeKeeping):
             size += record["bytes"]
             tried.add(export_id)
         withdrawals: list[dict[str, Any]] = []
+        rotations: list[dict[str, Any]] = []  # key-rotation maps travel like withdrawals
         if code not in withdrawals_sent:
             withdrawals_sent.add(code)
             now = time.time()
@@ -288,9 +306,17 @@ class Exporter(ReceiptHandling, GaugeKeeping):
                 if not w.get("batch_id")
                 or now - w.get("sent_at", 0) > self.policy.receipt_timeout_seconds
             ]
-        if not ids and not withdrawals:
+            rotations = rotation.pending(
+                self.store,
+                self.staging,
+                code,
+                timeout_seconds=self.policy.receipt_timeout_seconds,
+                now=now,
+            )
+        if not ids and not withdrawals and not rotations:
             return None
         entries = [(i, attempts[i]) for i in ids] + [(w["export_id"], 0) for w in withdrawals]
+        entries += [(r["rotation_id"], 0) for r in rotations]
         key = layout.claim_key(code, selection_id(code, entries))
         claim = {
             "trust": code,
@@ -299,6 +325,7 @@ class Exporter(ReceiptHandling, GaugeKeeping):
             "attempts": attempts,
             "progress": {},
             "withdrawals": withdrawals,
+            "rotations": rotations,
             "message": None,
             "created_at": time.time(),
         }
@@ -347,4 +374,13 @@ class Exporter(ReceiptHandling, GaugeKeeping):
             body["instance_count"],
             len(body["withdrawals"]),
         )
+        for study in body["studies"]:  # each on its own line, under its own correlation id
+            with logs.context(correlation_id=study.get("correlation_id")):
+                log.info(
+                    "%s: study version %s exported in batch %s (attempt %d)",
+                    code,
+                    study["export_id"],
+                    body["batch_id"],
+                    study["attempt"],
+                )
         return True

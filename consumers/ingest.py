@@ -12,7 +12,8 @@ For each ``export.batch`` (v2; unsigned v1 batches are dead-lettered):
    every object's sha256, streamed into the archive bucket; the study is accepted or rejected
    with the first reason (``study_manifest_mismatch``, ``checksum_mismatch``, ``size_mismatch``,
    ``object_missing``);
-4. apply withdrawals (delete the study's archived objects) and say ``applied``;
+4. apply withdrawals (delete the study's archived objects) and key-rotation maps (link old
+   pseudonyms to new: ``consumers.national_links``) and say ``applied``;
 5. publish ``export.receipt`` v2, then record the batch as ingested.
 """
 
@@ -25,12 +26,14 @@ import time
 from typing import Any
 
 import schemas
-from smartbox import layout, metrics
+from smartbox import layout, logs, metrics
 from smartbox.bus import Bus
 from smartbox.errors import NotFound, PermanentError, SchemaError
 from smartbox.signing import Verifier
 from smartbox.store import ObjectStore, get_json, put_json
 from smartbox.transfer import BadObject, copy_verified, read_verified
+
+from . import national_links
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +108,15 @@ class NationalIngest:
             s["export_id"] for s in body["studies"]
         ):
             raise _Rejected("manifest_invalid")
+        if bool(manifest.get("synthetic")) != bool(body.get("synthetic")):
+            raise _Rejected("manifest_invalid")  # only the signed manifest decides "synthetic"
         return manifest
 
     def _ingest(self, code: str, body: dict[str, Any]) -> dict[str, Any]:
         results: list[dict[str, Any]] = []
         verified = failures = missing = 0
         withdrawals: list[dict[str, Any]] = []
+        rotations: list[dict[str, Any]] = []
         try:
             manifest = self._manifest(body)
         except _Rejected as exc:
@@ -127,27 +133,46 @@ class NationalIngest:
                 {"export_id": w["export_id"], "status": "rejected", "reason": exc.reason}
                 for w in body["withdrawals"]
             ]
+            rotations = [
+                {"rotation_id": r["rotation_id"], "status": "rejected", "reason": exc.reason}
+                for r in body.get("rotations", [])
+            ]
             log.error("%s: batch %s rejected: %s", code, body["batch_id"], exc.reason)
         else:
+            # each study's own correlation id (from study.arrived), where the exporter sent it
+            correlations = {s["export_id"]: s.get("correlation_id") for s in body["studies"]}
             for study in manifest["studies"]:
                 result = {"export_id": study["export_id"], "study_uid": study["study_uid"]}
-                try:
-                    verified += self._study(body["bucket"], study)
-                    result["status"] = "accepted"
-                except (_Rejected, BadObject) as exc:
-                    failures += exc.reason in ("checksum_mismatch", "size_mismatch")
-                    missing += exc.reason == "object_missing"
-                    result.update(status="rejected", reason=exc.reason)
-                    log.error(
-                        "%s: study version %s rejected: %s", code, study["export_id"], exc.reason
-                    )
+                with logs.context(correlation_id=correlations.get(study["export_id"])):
+                    try:
+                        # a probe batch (signed synthetic): verified, archived nowhere
+                        archive = not manifest.get("synthetic")
+                        verified += self._study(body["bucket"], study, archive=archive)
+                        result["status"] = "accepted"
+                        log.info("%s: study version %s accepted", code, study["export_id"])
+                    except (_Rejected, BadObject) as exc:
+                        failures += exc.reason in ("checksum_mismatch", "size_mismatch")
+                        missing += exc.reason == "object_missing"
+                        result.update(status="rejected", reason=exc.reason)
+                        log.error(
+                            "%s: study version %s rejected: %s",
+                            code,
+                            study["export_id"],
+                            exc.reason,
+                        )
                 results.append(result)
             withdrawals = [self._withdraw(w) for w in manifest["withdrawals"]]
-        for r in results:
-            metrics.INGEST_STUDIES.labels(code, r["status"], r.get("reason", "")).inc()
+            # key-rotation maps (signed through their sha256): old pseudonyms linked to new
+            rotations = [
+                national_links.apply(self.store, body["bucket"], self.archive, r)
+                for r in manifest.get("rotations", [])
+            ]
+        if not body.get("synthetic"):  # probe studies are counted by the probe, not here
+            for r in results:
+                metrics.INGEST_STUDIES.labels(code, r["status"], r.get("reason", "")).inc()
+            metrics.INSTANCES_INGESTED.labels(code).inc(verified)
         if failures:
             metrics.INGEST_CHECKSUM_FAILURES.labels(code).inc(failures)
-        metrics.INSTANCES_INGESTED.labels(code).inc(verified)
         accepted = sum(r["status"] == "accepted" for r in results)
         status = (
             "accepted" if accepted == len(results) else "rejected" if not accepted else "partial"
@@ -160,6 +185,7 @@ class NationalIngest:
             "status": status,
             "studies": results,
             "withdrawals": withdrawals,
+            **({"rotations": rotations} if rotations else {}),
             "instances_expected": body["instance_count"],
             "instances_verified": verified,
             "checksum_failures": failures,
@@ -167,8 +193,9 @@ class NationalIngest:
             "stored_bucket": self.archive,
         }
 
-    def _study(self, bucket: str, study: dict[str, Any]) -> int:
-        """Verify and archive one study version; the number of objects stored."""
+    def _study(self, bucket: str, study: dict[str, Any], *, archive: bool = True) -> int:
+        """Verify and (unless ``archive`` is false) archive one study version; the number of
+        objects verified."""
         raw = read_verified(self.store, bucket, study["manifest_key"], study["manifest_sha256"])
         try:
             listed = {(i["key"], i["sha256"]) for i in json.loads(raw)["instances"]}
@@ -177,10 +204,15 @@ class NationalIngest:
         if listed != {(o["key"], o["sha256"]) for o in study["objects"]}:
             raise _Rejected("study_manifest_mismatch")
         for obj in study["objects"]:
+            if not archive:
+                if len(read_verified(self.store, bucket, obj["key"], obj["sha256"])) != obj["size"]:
+                    raise _Rejected("size_mismatch")
+                continue
             copy_verified(
                 self.store, bucket, self.store, self.archive, obj["key"], obj["sha256"], obj["size"]
             )
-        self.store.put_bytes(self.archive, study["manifest_key"], raw)
+        if archive:
+            self.store.put_bytes(self.archive, study["manifest_key"], raw)
         return len(study["objects"])
 
     def _withdraw(self, withdrawal: dict[str, Any]) -> dict[str, Any]:

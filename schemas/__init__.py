@@ -35,6 +35,7 @@ DOCUMENTS: dict[str, int] = {
     "quarantine.batch": 1,
     "staging.study": 1,
     "national.batch": 1,
+    "rotation.map": 1,
 }
 ENVELOPE_ID = "envelope.v1.schema.json"
 

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import schemas
 
-from . import metrics
+from . import logs, metrics
 from .errors import PermanentError, SchemaError, TransientError
 from .retry import call_with_retry
 from .topology import (
@@ -68,6 +68,13 @@ def handle_delivery(
         reason = f"schema: {exc}" if isinstance(exc, SchemaError) else "schema: not JSON"
         return Outcome.DEAD_LETTER, reason
     trust = str(message.get("trust", "unknown"))
+    with logs.message_context(message):  # every line logged while handling it carries its ids
+        return _handle(stage, message, trust, handler, retry_seconds)
+
+
+def _handle(
+    stage: str, message: dict[str, Any], trust: str, handler: Handler, retry_seconds: float
+) -> tuple[Outcome, str | None]:
     try:
         call_with_retry(
             lambda: handler(message),

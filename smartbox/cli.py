@@ -85,7 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--studies", type=int, default=2, help="studies per trust (default 2)")
     p.add_argument("--series", type=int, default=2, help="series per study (default 2)")
     p.add_argument("--instances", type=int, default=3, help="instances per series (default 3)")
-    p.add_argument("--workdir", default=None, help="keep spool and stores here (default: temp)")
+    p.add_argument(
+        "--workdir",
+        default=None,
+        help="keep spool and stores here (default: a temporary folder, removed at the end)",
+    )
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after the table, keep the receivers and /metrics serving until Ctrl-C",
+    )
+    p.add_argument(
+        "--trusts",
+        default=None,
+        help="folder of trust files (default: SMARTBOX_TRUSTS_DIR, else the repository's trusts/)",
+    )
     _metrics_port(p, 0)
 
     p = sub.add_parser(
@@ -134,14 +148,22 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--patient-id", help="the patient's ID at the trust")
     who.add_argument("--accession", help="an accession number of one of the patient's studies")
 
+    sub.add_parser(
+        "rotate-key",
+        help="after changing the pseudonym key (and its version): map old pseudonyms to new "
+        "ones and send the signed map in the next export batch (docs/deidentification.md)",
+    )
+
     p = sub.add_parser("held", help="list instances held back from export, with reasons")
     p.add_argument("--trust", help="only this trust")
 
-    from . import dlq_cli, report, trust_add
+    from . import dlq_cli, probe, report, status, trust_add
 
     dlq_cli.add_parser(sub)
     report.add_parser(sub)
     trust_add.add_parser(sub)
+    status.add_parser(sub)
+    probe.add_parser(sub)
     return parser
 
 
@@ -157,10 +179,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         level = _log_level(args.log_level)
+        logs.log_format()  # SMARTBOX_LOG_FORMAT checked: one line and exit 2, as a bad level
     except ConfigError as exc:
         return _config_error(exc)
     default_level = "WARNING" if args.command == "demo" else None
-    logs.setup(args.command, level or default_level)
+    # the daemons log as their role, a receiver with its trust on every line
+    role = {"receive": "receiver", "anonymise": "anonymiser", "export": "exporter"}
+    logs.setup(
+        role.get(args.command, args.command),
+        level or default_level,
+        trust=getattr(args, "trust", None) if args.command == "receive" else None,
+    )
     try:
         return _dispatch(args)
     except ConfigError as exc:
@@ -203,7 +232,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from .config import Settings, TrustRegistry, load_trust
+    from .config import Settings, load_trust
     from .keys import RegionalKey
 
     if args.command == "demo":
@@ -216,6 +245,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             workdir=args.workdir,
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
+            keep_running=args.keep_running,
+            trusts_dir=args.trusts,
         )
 
     if args.command == "check-config":
@@ -235,6 +266,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return dlq_cli.main(args, settings)
     if args.command == "held":
         return _held(args, settings)
+    if args.command == "rotate-key":
+        from consumers.rotation import rotate_key_command
+
+        return rotate_key_command(settings)
     if args.command in ("reconcile", "withdraw"):
         from consumers.export_cli import reconcile_command, withdraw_command
 
@@ -248,6 +283,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from . import trust_add
 
         return trust_add.main(args, settings)
+    if args.command == "status":
+        from . import status
+
+        return status.main(args, settings)
+    if args.command == "probe":
+        from . import probe
+
+        return probe.main(args, settings)
     if args.command == "purge-quarantine":
         from consumers.export_policy import ExportPolicy
 
@@ -280,8 +323,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     from . import runtime
 
     if args.command == "receive":
+        from producers.receiver import intake_key
+
         trust = load_trust(settings.trusts_dir, args.trust)
-        key = RegionalKey.from_env()
+        # the receiver's ids are keyed by its own key, which a pseudonym-key rotation leaves
+        # alone: a study re-sent after a rotation is still found in the ledger
+        key = intake_key.load(settings.spool_dir / trust.code, RegionalKey.from_env)
         rt = runtime.start(f"receiver-{trust.code}", settings, metrics_port=None)
         # the metrics port is bound first (one in use stops us before anything opens) but
         # served after the DICOM port: /healthz answering means the receiver takes C-STORE
@@ -310,12 +357,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
 
     if args.command == "anonymise":
-        from consumers.anonymiser import Anonymiser, Buckets
-        from consumers.deid.policy import PolicyBuilder
+        from consumers.anonymiser import Anonymiser
 
-        trusts = TrustRegistry(settings.trusts_dir)
-        key = RegionalKey.from_env()
-        policies = PolicyBuilder.from_env()  # checked with every trust's policy by require()
         rt = runtime.start(
             "anonymiser",
             settings,
@@ -323,14 +366,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             metrics_host=args.metrics_host,
         )
         rt.bus.declare()
-        anonymiser = Anonymiser(
-            rt.store,
-            rt.bus,
-            key,
-            trusts,
-            Buckets(settings.quarantine_bucket, settings.staging_bucket),
-            policies=policies,
-        )
+        # key, trust files and policy builder as check-config checked them (require above)
+        anonymiser = Anonymiser.from_env(rt.store, rt.bus, settings)
         rt.bus.consume(
             "anonymiser",
             anonymiser.handle,

@@ -45,9 +45,7 @@ class RegionalKey:
         if not isinstance(self.secret, bytes) or not self.secret:
             raise ConfigError("pseudonymisation key: the secret must be non-empty bytes")
         if not isinstance(self.version, str) or not VERSION_RE.match(self.version):
-            raise ConfigError(
-                f"{KEY_VERSION_ENV}: 1-16 letters, digits, '.', '_' or '-' (e.g. k2)"
-            )
+            raise ConfigError(f"{KEY_VERSION_ENV}: 1-16 letters, digits, '.', '_' or '-' (e.g. k2)")
 
     def __repr__(self) -> str:
         return f"RegionalKey(version={self.version!r}, secret=<{len(self.secret)} bytes>)"

@@ -10,6 +10,8 @@
                 _export/...                                           exporter state (below)
     national    the staged instance and study manifest keys, unchanged
                 _batches/<trust>/<batch_id>.json (+ .sig)             signed national batch manifest
+                _rotations/<trust>/<rotation_id>.json                 rotation map (key rotation)
+    identity    index/<trust>/<patient|study>/<blind>/<version>.bin   encrypted identity index
 
 Exporter state (bucket ``staging``), one small object per fact so that no step lists the
 whole backlog: a study's record of truth, markers that index it by what is waiting for it
@@ -78,6 +80,11 @@ def parse_quarantine_batch_key(key: str) -> QuarantineBatch:
 def staged_instance_key(trust: str, study_uid: str, sop_uid: str, sha256: str) -> str:
     """Where a de-identified instance is staged (content-addressed, like quarantine)."""
     return f"{trust}/{study_uid}/{sop_uid}-{sha256[:16]}.dcm"
+
+
+def staged_study_prefix(trust: str, study_uid: str) -> str:
+    """Everything staged for one study: its instances and its batch manifests."""
+    return f"{trust}/{study_uid}/"
 
 
 def study_manifest_key(trust: str, study_uid: str, batch_id: str) -> str:
@@ -157,6 +164,12 @@ def claims_prefix() -> str:
 def claim_key(trust: str, selection_id: str) -> str:
     """An export batch in progress: its studies and per-study progress (resumable)."""
     return f"{claims_prefix()}{trust}/{selection_id}.json"
+
+
+def canary_claim_key(trust: str, export_id: str) -> str:
+    """A probe study's export to the canary bucket in progress: deliberately outside
+    ``claims_prefix``, so that no export pass ever resumes it into the national bucket."""
+    return f"{EXPORT}canary-claims/{trust}/{export_id}.json"
 
 
 def patient_key(patient: str, trust: str, export_id: str) -> str:
@@ -268,3 +281,64 @@ def trusts_prefix() -> str:
 def trust_key(trust: str) -> str:
     """Marker: this trust has staged studies (the list a pass goes round)."""
     return f"{trusts_prefix()}{trust}"
+
+
+# --- identity index and key rotation (consumers.identity_index, consumers.rotation) ---------
+#: bucket ``identity`` (its own: identifiers, encrypted; never exported, never in staging)
+IDENTITY = "index/"
+_IDENTITY_ENTRY = re.compile(
+    r"^index/(?P<trust>[A-Z0-9]{2,8})/(?P<kind>patient|study)/(?P<blind>[0-9a-f]{32})/"
+    r"(?P<version>[A-Za-z0-9._-]{1,16})\.bin$"
+)
+
+
+@dataclass(frozen=True)
+class IdentityEntryRef:
+    trust: str
+    kind: str
+    blind: str
+    version: str
+
+
+def identity_prefix(trust: str) -> str:
+    return f"{IDENTITY}{trust}/"
+
+
+def identity_entry_key(trust: str, kind: str, blind: str, version: str) -> str:
+    """One identifier's pseudonym under one key version; ``blind`` is a keyed hash of the
+    identifier (the key names nothing), the object is encrypted with the index's own key."""
+    return f"{identity_prefix(trust)}{kind}/{blind}/{version}.bin"
+
+
+def parse_identity_entry_key(key: str) -> IdentityEntryRef:
+    """Take an identity index key apart (ValueError if it is not one)."""
+    m = _IDENTITY_ENTRY.match(key)
+    if not m:
+        raise ValueError("not an identity index key")
+    return IdentityEntryRef(m["trust"], m["kind"], m["blind"], m["version"])
+
+
+def rotation_map_key(trust: str, rotation_id: str) -> str:
+    """Staging: a signed-on-export map from old to new pseudonyms (``rotation.map`` v1)."""
+    return f"{EXPORT}rotations/{trust}/{rotation_id}.json"
+
+
+def rotation_outbox_prefix(trust: str) -> str:
+    return f"{EXPORT}rotation-outbox/{trust}/"
+
+
+def rotation_outbox_key(trust: str, rotation_id: str) -> str:
+    """A rotation map waiting for the trust's next batch (dropped once applied nationally)."""
+    return f"{rotation_outbox_prefix(trust)}{rotation_id}.json"
+
+
+def national_rotation_key(trust: str, rotation_id: str) -> str:
+    """National bucket: the rotation map as exported (listed, with its sha256, in a signed
+    national batch manifest)."""
+    return f"_rotations/{trust}/{rotation_id}.json"
+
+
+def national_link_key(kind: str, pseudonym: str) -> str:
+    """National archive: an old pseudonym (``patient``) or pseudo study UID (``study``) and
+    the one that replaced it at a rotation."""
+    return f"_ingest/links/{kind}/{pseudonym}.json"

@@ -214,6 +214,28 @@ STAGE_SECONDS = Histogram(
 )
 BUILD = Info("smartbox_build", "smartbox version and the process role")
 
+# --- smartbox probe (the canary) ------------------------------------------------------------
+PROBE_SECONDS = Gauge(
+    "smartbox_probe_seconds",
+    "Duration of each hop of the last probe of a trust (hop: store, staged, recorded, exported, "
+    "acknowledged; a hop that failed keeps its previous value)",
+    ["trust", "hop"],
+)
+PROBE_FAILURES = Counter(
+    "smartbox_probe_failures_total", "Probes that failed, by the hop that failed", ["trust", "hop"]
+)
+PROBE_INSTANCES_RECEIVED = Counter(
+    "smartbox_probe_instances_received_total",
+    "Probe instances a receiver stored (smartbox.canary), not in smartbox_instances_received_"
+    "total: a canary must not make a silent trust look busy",
+    ["trust"],
+)
+PROBE_LAST_SUCCESS = Gauge(
+    "smartbox_probe_last_success_timestamp_seconds",
+    "Unix time the last probe of a trust passed every hop",
+    ["trust"],
+)
+
 # --- series at zero from start-up -----------------------------------------------------------
 _Labelled = Counter | Gauge | Histogram
 #: per process role: what it counts per trust (labelled by ``trust`` alone)
@@ -225,6 +247,7 @@ TRUST_SERIES: dict[str, tuple[_Labelled, ...]] = {
         INSTANCES_PUBLISHED,
         RELAY_RETRIES,
         STUDY_COMPLETION,
+        PROBE_INSTANCES_RECEIVED,
     ),
     "anonymise": (INSTANCES_STAGED, STUDIES_STAGED, NHS_FALLBACK),
     "export": (

@@ -96,7 +96,9 @@ def _check_policies(report: Report, environ: Mapping[str, str] | None) -> None:
     """Every trust's de-identification policy, built by its one owner exactly as the
     anonymiser builds it (options, mask rules, OCR and tesseract on this machine)."""
     from consumers.deid.policy import PolicyBuilder
+    from consumers.identity_index import check_env
 
+    report.run(check_env, environ)  # the identity index key, if set (key rotation)
     builder = report.run(PolicyBuilder.from_env, environ)
     if builder is None:
         return

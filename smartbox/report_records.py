@@ -16,7 +16,8 @@ Manifests carry no time, so their day is their object's last-modified time (S3
 ``Last-Modified``, the file's mtime in the local store); the exporter's records carry
 ``sent_at`` and ``acked_at``. Days are in the trust's time zone. A record that is missing,
 unreadable or of another shape is skipped and counted, never fatal: quarantine is purged after
-its retention period, and a report must still come out.
+its retention period, and a report must still come out. Studies of ``smartbox probe`` (staged
+and export records ``synthetic``) are not a trust's data: they are left out (``Records.probes``).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Received:
     instances: int
     amendment: bool
     day: date
+    at: float = 0.0  # when its manifest was written (last-modified)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,11 @@ class Records:
     staged: list[Staged] = field(default_factory=list)
     exports: list[Export] = field(default_factory=list)
     skipped: int = 0  # records present but unreadable or of an unknown shape
+    #: last-modified time of the newest quarantine batch manifest listed (``smartbox status``:
+    #: when the trust last sent something), whatever ``since`` left unread
+    last_received: float | None = None
+    #: batch ids of smartbox probe studies (``synthetic``): left out of every list above
+    probes: set[str] = field(default_factory=set)
 
 
 def clean_reason(reason: object) -> str:
@@ -117,10 +124,19 @@ def _count(value: object) -> int:
 
 
 def _json_records(
-    store: ObjectStore, bucket: str, prefix: str, records: Records, parse: Callable[[str], T]
+    store: ObjectStore,
+    bucket: str,
+    prefix: str,
+    records: Records,
+    parse: Callable[[str], T],
+    *,
+    since: float | None = None,
+    listed: Callable[[float], None] | None = None,
 ) -> Iterator[tuple[T, dict[str, Any], float]]:
     """(parsed key, record, last-modified) of the JSON objects under ``prefix`` whose key
-    ``parse`` accepts; an absent bucket yields nothing, an unreadable object is skipped."""
+    ``parse`` accepts; an absent bucket yields nothing, an unreadable object is skipped.
+    ``since``: objects last modified before it are not read (a listing costs one request per
+    1,000 keys, a read one per object); ``listed`` sees the time of every parsed key."""
     try:
         entries = list(store.list_entries(bucket, prefix))
     except (NotFound, PermanentError):
@@ -136,6 +152,10 @@ def _json_records(
             m = parse(key)
         except ValueError:
             continue
+        if listed is not None:
+            listed(mtime)
+        if since is not None and mtime < since:
+            continue
         try:
             record = get_json(store, bucket, key)
         except (NotFound, PermanentError):
@@ -148,11 +168,23 @@ def _json_records(
 
 
 def read_received(
-    store: ObjectStore, bucket: str, code: str, tz: ZoneInfo, records: Records
+    store: ObjectStore,
+    bucket: str,
+    code: str,
+    tz: ZoneInfo,
+    records: Records,
+    since: float | None = None,
 ) -> None:
-    """Quarantine batch manifests (one per study batch the receiver announced)."""
+    """Quarantine batch manifests (one per study batch the receiver announced); with
+    ``since``, only those written since then are read (``Records.last_received`` is still
+    the newest of all)."""
     parse = layout.parse_quarantine_batch_key
-    for ref, rec, mtime in _json_records(store, bucket, f"{code}/", records, parse):
+
+    def listed(mtime: float) -> None:
+        records.last_received = max(mtime, records.last_received or mtime)
+
+    entries = _json_records(store, bucket, f"{code}/", records, parse, since=since, listed=listed)
+    for ref, rec, mtime in entries:
         if ref.trust != code:
             continue
         try:
@@ -163,6 +195,7 @@ def read_received(
                     instances=len(rec["instances"]),
                     amendment=bool(rec.get("amendment", False)),
                     day=_day(rec, ("announced_at", "received_at"), mtime, tz),
+                    at=mtime,
                 )
             )
         except (KeyError, TypeError):
@@ -188,6 +221,9 @@ def read_staged(store: ObjectStore, bucket: str, code: str, tz: ZoneInfo, record
     parse = layout.parse_study_manifest_key
     for ref, rec, mtime in _json_records(store, bucket, f"{code}/", records, parse):
         if ref.trust != code:
+            continue
+        if rec.get("synthetic"):
+            records.probes.add(ref.batch_id)
             continue
         try:
             held: dict[str, int] = {}
@@ -254,6 +290,9 @@ def read_exports(
 def _export(
     export_id: str, rec: dict[str, Any], mtime: float, tz: ZoneInfo, records: Records
 ) -> None:
+    if rec.get("synthetic"):
+        records.probes.add(export_id)
+        return
     try:
         state = clean_reason(rec["state"])
         sent = rec.get("sent_at") is not None or bool(rec.get("batches"))
@@ -279,4 +318,6 @@ def read_records(
     read_received(store, quarantine, code, tz, records)
     read_staged(store, staging, code, tz, records)
     read_exports(store, staging, code, tz, records)
+    # a probe's quarantine batch does not say it is one; its staged and exported records do
+    records.received = [r for r in records.received if r.batch_id not in records.probes]
     return records

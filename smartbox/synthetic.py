@@ -16,6 +16,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from .canary import PROBE_PATIENT_ID, probe_study_uid
+
 FIRST = ["Alice", "Bartholomew", "Cressida", "Desmond", "Eleanor", "Fitzgerald", "Gwendolyn"]
 LAST = ["Worthington", "Pemberton", "Ashcroft", "Blackwood", "Fairweather", "Thistlewood"]
 
@@ -160,3 +162,29 @@ def make_ct_study(
         study_uid,
     ]
     return SyntheticStudy(datasets, identifiers, study_uid)
+
+
+def make_probe_study(seed: int, *, instances: int = 2) -> SyntheticStudy:
+    """A small synthetic CT study for ``smartbox probe`` with both probe markers
+    (``smartbox.canary``): the probe patient, no NHS number, a marked study UID; fresh UIDs
+    every time (seeded), so each probe is a new study end to end."""
+    study = make_ct_study(seed, series=1, per_series=instances, rows=32, columns=32)
+    nonce = f"probe-{seed}"
+    study_uid = probe_study_uid(random.Random(nonce))
+    series_uid = generate_uid(prefix=None, entropy_srcs=[nonce, "series"])
+    for i, ds in enumerate(study.datasets):
+        ds.PatientID = PROBE_PATIENT_ID
+        ds.PatientName = "PROBE^SMARTBOX"
+        del ds.OtherPatientIDsSequence
+        for tag in list(ds.keys()):
+            if tag.is_private:
+                del ds[tag]  # the synthetic NHS number lives in a private element
+        ds.StudyDescription = "smartbox probe"
+        ds.SeriesDescription = "smartbox probe"
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        sop_uid = generate_uid(prefix=None, entropy_srcs=[nonce, "sop", str(i)])
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    study.study_uid = study_uid
+    study.identifiers = [study_uid]
+    return study

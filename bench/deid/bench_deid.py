@@ -1,13 +1,18 @@
 """Benchmark: smartbox de-identification vs dicognito on the same CT instances.
 
     .venv/bin/python bench/deid/bench_deid.py [--n 200] [--rounds 3] [--workers 1,2] \
-        [--dicognito-python /tmp/bench-venv/bin/python] [--markdown]
+        [--dicognito-python /tmp/bench-venv/bin/python] [--markdown] \
+        [--pixels noise|ct12] [--baseline /tmp/head]
 
 Generates N ~0.5 MB CT instances (512x512x16 bit, ~100 attributes, private blocks, nested
 sequences) once, then runs each tool ROUNDS times, alternating, one process per run, one
 core each, file in -> file out (read + de-identify + write; ours includes both gates).
 Prints files/s per run, the medians and the ratio; --markdown appends a table for
 RESULTS.md.
+
+--baseline DIR runs ours from another checkout (``git worktree add /tmp/head HEAD``) and
+from this tree, alternating, and prints the change (nothing else is run). --pixels ct12 uses
+12-bit CT values instead of 16-bit noise.
 
 --workers 1,2 then runs ours in a process pool of each size (one ``Deidentifier`` per
 worker process, files handed out in chunks of 8; the clock starts once every worker is up),
@@ -98,7 +103,10 @@ print(len(files) / (time.perf_counter() - t0), 0)
 """
 
 
-def make_corpus(directory: Path, n: int) -> None:
+def make_corpus(directory: Path, n: int, pixels_kind: str = "noise") -> None:
+    """N instances. ``pixels_kind``: ``noise``, uniform random 16-bit values (every pixel has
+    bits set outside Bits Stored 12, which the de-identifier must clear: the worst case), or
+    ``ct12``, uniform random 12-bit values (what a CT writes)."""
     import random
 
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -107,7 +115,10 @@ def make_corpus(directory: Path, n: int) -> None:
 
     rng = random.Random(42)
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
-    pixels = bytes(rng.getrandbits(8) for _ in range(512 * 512 * 2))
+    if pixels_kind == "ct12":
+        pixels = b"".join(rng.getrandbits(12).to_bytes(2, "little") for _ in range(512 * 512))
+    else:
+        pixels = bytes(rng.getrandbits(8) for _ in range(512 * 512 * 2))
     for i in range(n):
         ds = Dataset()
         ds.file_meta = FileMetaDataset()
@@ -166,12 +177,14 @@ def make_corpus(directory: Path, n: int) -> None:
         ds.save_as(directory / f"ct{i:04d}.dcm", enforce_file_format=True)
 
 
-def run(python: str, code: str, src: Path, dst: Path, *extra: str) -> tuple[float, int]:
+def run(
+    python: str, code: str, src: Path, dst: Path, *extra: str, root: Path = ROOT
+) -> tuple[float, int]:
     for f in dst.glob("*"):
         f.unlink()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run(
-        [python, "-c", code, str(src), str(dst), str(ROOT), *extra],
+        [python, "-c", code, str(src), str(dst), str(root), *extra],
         env=env,
         capture_output=True,
         text=True,
@@ -204,6 +217,33 @@ def run_pool(src: Path, dst: Path, sizes: list[int], rounds: int, markdown: bool
             )
 
 
+def run_baseline(src: Path, dst: Path, baseline: Path, rounds: int, markdown: bool) -> None:
+    """Ours at `baseline` (e.g. ``git worktree add /tmp/head HEAD``) and ours here, one process
+    each, alternating ROUNDS times: medians, the ratio and its range over the rounds."""
+    base, here = [], []
+    for r in range(rounds):
+        rate, held_base = run(sys.executable, OURS, src, dst, root=baseline)
+        base.append(rate)
+        rate, held = run(sys.executable, OURS, src, dst)
+        here.append(rate)
+        print(
+            f"round {r + 1}: baseline {base[-1]:7.1f} files/s (held {held_base}), "
+            f"this tree {rate:7.1f} files/s (held {held})"
+        )
+    mb, mh = statistics.median(base), statistics.median(here)
+    ratios = [h / b for h, b in zip(here, base, strict=True)]
+    print(
+        f"median: baseline {mb:.1f}, this tree {mh:.1f} files/s, {100 * (mh / mb - 1):+.1f} % "
+        f"(rounds {min(ratios):.2f}-{max(ratios):.2f}x)"
+    )
+    if markdown:
+        print(
+            f"| {time.strftime('%Y-%m-%d')} | {mb:.0f} | {mh:.0f} | {mh / mb:.2f}x "
+            f"({min(ratios):.2f}-{max(ratios):.2f}) | {', '.join(f'{x:.0f}' for x in base)} / "
+            f"{', '.join(f'{x:.0f}' for x in here)} |"
+        )
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--n", type=int, default=200)
@@ -212,13 +252,23 @@ def main() -> int:
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--workers", default="", help="e.g. 1,2: also run ours in process pools")
     p.add_argument("--skip-dicognito", action="store_true", help="only the pool runs")
+    p.add_argument(
+        "--pixels",
+        choices=["noise", "ct12"],
+        default="noise",
+        help="noise: random 16-bit (every pixel has overlay bits to clear); ct12",
+    )
+    p.add_argument("--baseline", type=Path, help="a checkout to compare with, alternating")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp, "in"), Path(tmp, "out")
         src.mkdir()
         dst.mkdir()
-        make_corpus(src, args.n)
+        make_corpus(src, args.n, args.pixels)
         size = sum(f.stat().st_size for f in src.glob("*.dcm")) / args.n / 1e6
+        if args.baseline:
+            run_baseline(src, dst, args.baseline, args.rounds, args.markdown)
+            return 0
         if args.workers:
             sizes = [int(x) for x in args.workers.split(",")]
             run_pool(src, dst, sizes, args.rounds, args.markdown)

@@ -1,8 +1,16 @@
-"""``smartbox deidentify INPUT... --out DIR [--trust CODE] [--strict]``
+"""``smartbox deidentify INPUT... --out DIR [--trust CODE] [--strict] [--progress]``
 
-Runs exactly the pipeline's de-identification (table, pixel gate, verification gate) on files
-or folders, so a trust's governance lead can try the profile on sample data. Writes the
-de-identified instances to DIR as ``<SOPInstanceUID>.dcm`` and ``DIR/summary.json``.
+Runs exactly the pipeline's de-identification (the trust's policy from the one builder, the
+one key loader, table, pixel gate, verification gate) on files or folders, so a trust's
+governance lead can try the profile on sample data. Writes the de-identified instances to DIR
+as ``<SOPInstanceUID>.dcm`` and ``DIR/summary.json``.
+
+Nothing is silently overwritten: an input giving the same instance, byte for byte, as an
+earlier one is a *duplicate* (counted, listed, written once); one giving other bytes under the
+same pseudonymous UID (another version of the instance) is a *collision* (written beside it as
+``<SOPInstanceUID>-<sha16>.dcm``, as the pipeline stages every version). Progress goes to
+stderr on a terminal or with ``--progress``; the held-back files are printed with their
+reasons, as in ``summary.json``.
 
 Exit status: 0 done; 1 nothing could be read; 2 configuration error (no key, bad trust
 file); 3 something was held back and ``--strict`` was given.
@@ -12,10 +20,11 @@ from __future__ import annotations
 
 import argparse
 import errno
+import hashlib
 import json
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from smartbox import logs
@@ -24,6 +33,7 @@ from smartbox.errors import ConfigError
 
 from .config import DeidPolicy, PseudonymKey
 from .deidentifier import Deidentifier
+from .identity import Fingerprint, outliers
 from .policy import PolicyBuilder
 from .reasons import Reason
 from .table import CODE_VERSION, TABLE_EDITION
@@ -45,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
         help="folder of trust files (default: $SMARTBOX_TRUSTS_DIR, else ./trusts)",
     )
     p.add_argument("--strict", action="store_true", help="exit 3 if anything is held back")
+    p.add_argument(
+        "--progress",
+        action="store_true",
+        help="show progress on stderr even when it is not a terminal (on one, it is shown)",
+    )
     return p
 
 
@@ -59,13 +74,139 @@ def policy_for(
     return builder.for_trust(load_trust(trusts_dir, trust))
 
 
-def _files(inputs: list[str]) -> Iterator[Path]:
+def _files(inputs: list[str]) -> list[Path]:
+    files: list[Path] = []
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file())
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file()))
         else:
-            yield path
+            files.append(path)
+    return files
+
+
+class _Progress:
+    """``deidentify: 120/400 files (30%)`` on stderr: rewritten in place on a terminal, one
+    line per percent otherwise (``--progress`` into a log); silent unless one of the two."""
+
+    def __init__(self, total: int, enabled: bool, tty: bool) -> None:
+        self.total, self.enabled, self.tty = total, enabled, tty
+        self._shown = -1
+
+    def update(self, done: int) -> None:
+        if not self.enabled or not self.total:
+            return
+        percent = done * 100 // self.total
+        if percent == self._shown and done != self.total:
+            return
+        self._shown = percent
+        line = f"deidentify: {done}/{self.total} files ({percent}%)"
+        end = "\n" if not self.tty or done == self.total else ""
+        print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
+
+
+@dataclass
+class _Run:
+    """What one run did: outputs by name (to find duplicates and collisions), counts, lists."""
+
+    out: Path
+    outputs: dict[str, tuple[str, str]] = field(default_factory=dict)  # name: (sha256, input)
+    held: Counter[Reason] = field(default_factory=Counter)
+    held_files: list[dict[str, str]] = field(default_factory=list)
+    duplicates: list[dict[str, str]] = field(default_factory=list)
+    collisions: list[dict[str, str]] = field(default_factory=list)
+    total: int = 0
+    read_ok: int = 0
+    de_identified: int = 0
+    nhs_fallbacks: int = 0
+    masked: int = 0
+    #: study UID -> (input, identity fingerprints) of its instances (the study check)
+    studies: dict[str, list[tuple[Path, Fingerprint | None]]] = field(default_factory=dict)
+
+    def hold(self, path: Path, reason: Reason, detail: str | None = None) -> None:
+        self.held[reason] += 1
+        item = {"input": str(path), "reason": reason.value}
+        if detail:
+            item["detail"] = detail
+        self.held_files.append(item)
+
+    def write(self, path: Path, uid: str, data: bytes) -> None:
+        """Write an output, never over another input's: the same bytes again are a duplicate
+        (not written twice); other bytes under the same UID, a collision (written beside it
+        as ``<uid>-<sha16>.dcm``, as the pipeline stages every version of an instance)."""
+        digest = hashlib.sha256(data).hexdigest()
+        name = f"{uid}.dcm"
+        first = self.outputs.get(name)
+        if first is not None:
+            if first[0] == digest:
+                self.duplicates.append({"input": str(path), "same_as": first[1]})
+                return
+            self.collisions.append({"input": str(path), "same_uid_as": first[1]})
+            name = f"{uid}-{digest[:16]}.dcm"
+            if name in self.outputs:  # this version too was written already
+                self.duplicates.append({"input": str(path), "same_as": self.outputs[name][1]})
+                return
+        (self.out / name).write_bytes(data)
+        self.outputs[name] = (digest, str(path))
+
+
+def _process(deid: Deidentifier, path: Path, run: _Run) -> None:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        run.hold(path, Reason.UNREADABLE, errno.errorcode.get(exc.errno or 0, "EIO"))
+        return
+    result = deid.process(raw)
+    if result.reason != Reason.UNPARSEABLE:
+        run.read_ok += 1
+    if result.study_uid:
+        run.studies.setdefault(result.study_uid, []).append((path, result.identity))
+    if result.ok and result.data is not None and result.sop_instance_uid:
+        run.de_identified += 1
+        run.nhs_fallbacks += not result.nhs_number_valid
+        run.masked += result.mask_rule is not None
+        run.write(path, result.sop_instance_uid, result.data)
+    else:
+        run.hold(path, result.reason or Reason.DEID_ERROR, result.detail)
+
+
+def _study_check(run: _Run) -> None:
+    """The pipeline's study consistency check (``consumers/identity_check.py``): the files of
+    a study that disagree on who the patient is are held back, their outputs removed."""
+    for members in run.studies.values():
+        odd = outliers([identity for _path, identity in members])
+        inputs = {str(path) for (path, _identity), o in zip(members, odd, strict=True) if o}
+        if not inputs:
+            continue
+        for name, (_digest, source) in list(run.outputs.items()):
+            if source in inputs:
+                (run.out / name).unlink(missing_ok=True)
+                del run.outputs[name]
+                run.de_identified -= 1
+                run.hold(Path(source), Reason.PATIENT_IDENTITY_CONFLICT)
+
+
+def _report(run: _Run) -> None:
+    """What the governance lead reads: totals, what was not written and why, every file
+    held back with its reason (the same lists as ``summary.json``)."""
+    print(f"{run.de_identified} of {run.total} file(s) de-identified into {run.out}")
+    if run.duplicates or run.collisions:
+        print(
+            f"{len(run.outputs)} instance(s) written: {len(run.duplicates)} duplicate(s) (the "
+            f"same instance as another input, written once), {len(run.collisions)} "
+            "collision(s) (another version of an instance: written beside it as UID-sha.dcm)"
+        )
+        for item in run.collisions:
+            print(f"collision  {item['input']}  same SOP Instance UID as  {item['same_uid_as']}")
+    if run.held:
+        width = max(len(r) for r in run.held)
+        print(f"{'held back: reason'.ljust(width)}  count")
+        for reason, count in sorted(run.held.items()):
+            print(f"{reason.ljust(width)}  {count:5d}")
+        print("held back: input  reason  (detail)")
+        for item in run.held_files:
+            detail = f"  ({item['detail']})" if item.get("detail") else ""
+            print(f"{item['input']}  {item['reason']}{detail}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,39 +223,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"smartbox deidentify: {line}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-
-    held: Counter[Reason] = Counter()
-    written, read_ok, total = 0, 0, 0
-    held_files: list[dict[str, str]] = []
-    nhs_fallbacks = masked = 0
-    for path in _files(args.inputs):
-        if path.resolve().parent == args.out.resolve():
-            continue  # never re-read our own output
-        total += 1
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            held[Reason.UNREADABLE] += 1
-            code = errno.errorcode.get(exc.errno or 0, "EIO")
-            held_files.append(
-                {"input": str(path), "reason": Reason.UNREADABLE.value, "detail": code}
-            )
-            continue
-        result = deid.process(raw)
-        if result.reason != Reason.UNPARSEABLE:
-            read_ok += 1
-        if result.ok and result.data is not None:
-            (args.out / f"{result.sop_instance_uid}.dcm").write_bytes(result.data)
-            written += 1
-            nhs_fallbacks += not result.nhs_number_valid
-            masked += result.mask_rule is not None
-        else:
-            reason = result.reason or Reason.DEID_ERROR
-            held[reason] += 1
-            item = {"input": str(path), "reason": reason.value}
-            if result.detail:
-                item["detail"] = result.detail
-            held_files.append(item)
+    own = args.out.resolve()
+    files = [p for p in _files(args.inputs) if p.resolve().parent != own]  # not our output
+    run = _Run(args.out, total=len(files))
+    tty = sys.stderr.isatty()
+    progress = _Progress(len(files), args.progress or tty, tty)
+    for done, path in enumerate(files, 1):
+        _process(deid, path, run)
+        progress.update(done)
+    _study_check(run)
 
     summary = {
         "code_version": CODE_VERSION,
@@ -122,27 +239,27 @@ def main(argv: list[str] | None = None) -> int:
         "key_version": key.version,
         "trust": policy.trust_code,
         "options": sorted(policy.options),
-        "files": total,
-        "written": written,
-        "held_back": sum(held.values()),
-        "held_back_by_reason": {r.value: n for r, n in sorted(held.items())},
-        "nhs_number_fallbacks": nhs_fallbacks,
-        "pixels_masked": masked,
+        "files": run.total,
+        "de_identified": run.de_identified,
+        "written": len(run.outputs),
+        "duplicates": len(run.duplicates),
+        "collisions": len(run.collisions),
+        "held_back": sum(run.held.values()),
+        "held_back_by_reason": {r.value: n for r, n in sorted(run.held.items())},
+        "nhs_number_fallbacks": run.nhs_fallbacks,
+        "pixels_masked": run.masked,
         "mask_rules": len(policy.mask_rules),
         "ocr": policy.ocr,
-        "held_back_files": held_files,
+        "held_back_files": run.held_files,
+        "duplicate_files": run.duplicates,
+        "collision_files": run.collisions,
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", "utf-8")
-    print(f"{written} of {total} file(s) de-identified into {args.out}")
-    if held:
-        width = max(len(r) for r in held)
-        print(f"{'held back: reason'.ljust(width)}  count")
-        for reason, count in sorted(held.items()):
-            print(f"{reason.ljust(width)}  {count:5d}")
-    if read_ok == 0:
+    _report(run)
+    if run.read_ok == 0:
         print("smartbox deidentify: nothing could be read", file=sys.stderr)
         return 1
-    if held and args.strict:
+    if run.held and args.strict:
         return 3
     return 0
 

@@ -235,6 +235,10 @@ def _rect_from_toml(value: object, here: str) -> MaskRect:
     return MaskRect(*numbers)
 
 
+#: what a vocabulary person name in retained free text does (``DeidPolicy.unknown_names``)
+UNKNOWN_NAMES = ("clean", "hold", "off")
+
+
 @dataclass(frozen=True)
 class DeidPolicy:
     """Which Annex E options apply, where this trust keeps the NHS number, which pixel
@@ -246,6 +250,12 @@ class DeidPolicy:
     word of 3+ characters equal to one of the source instance's identifiers holds it back)
     or ``"any_text"`` (any word of 3+ letters does). ``ocr_max_frames``: frames read per
     instance, evenly spaced (burned-in text is normally on every frame).
+
+    ``unknown_names``: what a person name of the name vocabulary in retained free text does
+    (``names``: a name the source never named, e.g. a GP's): ``"clean"`` (the value is
+    replaced by ``REMOVED``, the instance released), ``"hold"`` (the instance is held back,
+    ``verification_failed:name_vocabulary``) or ``"off"``. ``allow_list``: keep only the
+    attributes the instance's IOD lists (``allowlist_iods``), after the table walk.
     """
 
     trust_code: str
@@ -258,6 +268,8 @@ class DeidPolicy:
     ocr_match: str = "identifiers"
     ocr_max_frames: int = 3
     inflate: InflateLimits = InflateLimits()
+    unknown_names: str = "clean"
+    allow_list: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.options) - set(OPTION_COLUMNS)
@@ -279,6 +291,8 @@ class DeidPolicy:
             raise DeidConfigError("ocr_match must be 'identifiers' or 'any_text'")
         if not 1 <= self.ocr_max_frames <= 1000:
             raise DeidConfigError("ocr_max_frames must be between 1 and 1000")
+        if self.unknown_names not in UNKNOWN_NAMES:
+            raise DeidConfigError("unknown_names must be 'clean', 'hold' or 'off'")
 
 
 def tesseract_path() -> str | None:

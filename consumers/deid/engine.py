@@ -142,7 +142,7 @@ class TableWalker:
                     tag, "PN" if t == PATIENT_NAME else "LO", ctx.patient_pseudonym
                 )
                 continue
-            raw = ds.get_item(tag)
+            raw = ds._dict[tag]  # not get_item: no key conversion (a hot loop)
             vr = raw.VR
             if vr is None or vr == "UN":
                 vr = _dict_vr(t) or vr
@@ -250,7 +250,7 @@ class TableWalker:
             del ds[tag]
             return
         creators_used.add(creator_tag)
-        raw = ds.get_item(tag)
+        raw = ds._dict[tag]
         if raw.VR == "SQ" or (raw.VR is None and ds[tag].VR == "SQ"):
             for item in ds[tag].value:
                 self.walk(item, ctx)

@@ -16,9 +16,14 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 
 from .config import DeidPolicy, MaskRule
+from .pixels import image_int
 from .reasons import Reason
 
 HELD_MODALITIES = frozenset({"US", "SC", "OT", "DOC", "XC", "IVUS"})
@@ -94,8 +99,24 @@ def burn_in_devices() -> tuple[DeviceSignature, ...]:
 
 
 def _upper(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword)
+    """The attribute's value upper-cased, "" if absent. A value still raw is decoded from its
+    bytes (Latin-1: every signature and keyword compared is ASCII) instead of converting
+    the element, which would also make the writer re-encode it."""
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        tag = _TAGS[keyword] = BaseTag(tag_for_keyword(keyword) or 0)
+    elem = ds._dict.get(tag)
+    if elem is None:
+        return ""
+    if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes) and elem.VR != "SQ":
+        return elem.value.decode("latin-1").strip(" \0").strip().upper()
+    value = ds[tag].value
+    if isinstance(value, MultiValue | list | tuple):
+        value = "\\".join(str(v) for v in value)
     return str(value).strip().upper() if value is not None else ""
+
+
+_TAGS: dict[str, BaseTag] = {}
 
 
 def matching_mask_rule(ds: Dataset, rules: tuple[MaskRule, ...]) -> MaskRule | None:
@@ -144,7 +165,7 @@ def _reason(ds: Dataset) -> Reason | None:
     modality = _upper(ds, "Modality")
     if modality in HELD_MODALITIES:
         return Reason.MODALITY_NOT_ALLOWED
-    sop_class = str(ds.get("SOPClassUID", ""))
+    sop_class = _upper(ds, "SOPClassUID")
     if any(
         sop_class == p
         or sop_class.startswith(p + ".")
@@ -152,12 +173,9 @@ def _reason(ds: Dataset) -> Reason | None:
         for p in HELD_SOP_CLASS_PREFIXES
     ):
         return Reason.SOP_CLASS_NOT_ALLOWED
-    image_type = ds.get("ImageType")
+    image_type = _upper(ds, "ImageType")
     if image_type:
-        values = [
-            str(v).strip().upper()
-            for v in (image_type if not isinstance(image_type, str) else image_type.split("\\"))
-        ]
+        values = [v.strip() for v in image_type.split("\\")]
         if SCREEN_VALUES.intersection(values):
             return Reason.IMAGE_TYPE_SCREEN_SAVE
         if DOSE_VALUES.intersection(values):
@@ -165,7 +183,7 @@ def _reason(ds: Dataset) -> Reason | None:
         if "SECONDARY" in values[1:2] and not RECONSTRUCTION_VALUES.intersection(values[2:]):
             return Reason.IMAGE_TYPE_SECONDARY
     maker, model = _upper(ds, "Manufacturer"), _upper(ds, "ManufacturerModelName")
-    rows, cols = ds.get("Rows"), ds.get("Columns")
+    rows, cols = image_int(ds, "Rows"), image_int(ds, "Columns")
     if any(d.matches(maker, model, modality, rows, cols) for d in burn_in_devices()):
         return Reason.DEVICE_BURNS_IN_TEXT
     return None

@@ -33,11 +33,14 @@ full scan, ~0.5 ms per 0.5 MB.
 
 from __future__ import annotations
 
+import struct
 from functools import lru_cache
 
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.uid import UID, ExplicitVRBigEndian
 
 from .identifiers import Identifiers
@@ -49,41 +52,85 @@ _UNDEFINED = 0xFFFFFFFF
 _RUN = b"\x01" * MIN_BYTES
 _HALF_RUN = b"\x01" * (MIN_BYTES // 2)
 _SAMPLE = 8192  # bytes of high bytes looked at before trusting them to be free of text
-#: bytes of any UID (always searched: every instance has original UIDs)
-_UID_BYTES = frozenset(b"0123456789.")
+#: a chunk shorter than this is an element header (tag, VR, length), not pixel values
+_HEADER_MAX = 16
 
 _Literal = tuple[bytes, str]
+_US = {True: struct.Struct("<H"), False: struct.Struct(">H")}
+_TAGS = {
+    kw: BaseTag(tag_for_keyword(kw) or 0)
+    for kw in (
+        "Rows",
+        "Columns",
+        "SamplesPerPixel",
+        "BitsAllocated",
+        "NumberOfFrames",
+        "BitsStored",
+        "HighBit",
+        "PixelRepresentation",
+    )
+}
+_VRS = {kw: dictionary_VR(tag) for kw, tag in _TAGS.items()}
+_PHOTOMETRIC = BaseTag(0x00280004)
 
 
-def _int(ds: Dataset, keyword: str, default: int | None = None) -> int | None:
-    """An image attribute as an int, or ``default`` if absent/empty, or None if unusable."""
+def image_int(ds: Dataset, keyword: str, default: int | None = None) -> int | None:
+    """An image attribute as an int, or ``default`` if absent/empty, or None if unusable
+    (negative, multi-valued, not a number). A US or IS value still raw is read from its
+    bytes (converting the element costs more than all the rest of this check)."""
+    tag = _TAGS[keyword]
+    elem = ds._dict.get(tag)  # by tag: no keyword lookup
+    if elem is None:
+        return default
     try:
-        value = ds.get(keyword)
+        value: object
+        if isinstance(elem, RawDataElement) and elem.value is not None:
+            vr = elem.VR or _VRS[keyword]
+            if vr == "US" and len(elem.value) in (0, 2):
+                if not elem.value:
+                    return default
+                value = _US[bool(elem.is_little_endian)].unpack(elem.value)[0]
+            elif vr == "IS" and b"\\" not in elem.value:
+                value = elem.value.decode("ascii").strip(" \0")
+            else:
+                value = ds[tag].value
+        else:
+            value = ds[tag].value
         if isinstance(value, MultiValue | list | tuple):
             if len(value) != 1:
                 return None
             value = value[0]
         if value is None or value == "":
             return default
-        number = int(value)
-    except (TypeError, ValueError, OverflowError, IndexError, KeyError):
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError, IndexError, KeyError, UnicodeError):
         return None
     return number if number >= 0 else None
+
+
+def _photometric(ds: Dataset) -> str:
+    """Photometric Interpretation, upper case (read from the raw bytes if still raw)."""
+    elem = ds._dict.get(_PHOTOMETRIC)
+    if elem is None:
+        return ""
+    if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes):
+        return elem.value.decode("latin-1").strip(" \0").upper()
+    return str(ds[_PHOTOMETRIC].value).strip().upper()
 
 
 def expected_length(ds: Dataset) -> int | None:
     """Bytes of native pixel data the image attributes call for (without the pad byte), or
     None if they are missing or unusable."""
-    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
-    samples, bits = _int(ds, "SamplesPerPixel", 1), _int(ds, "BitsAllocated")
-    frames = _int(ds, "NumberOfFrames", 1)
+    rows, cols = image_int(ds, "Rows"), image_int(ds, "Columns")
+    samples, bits = image_int(ds, "SamplesPerPixel", 1), image_int(ds, "BitsAllocated")
+    frames = image_int(ds, "NumberOfFrames", 1)
     if not rows or not cols or not samples or not bits or frames is None:
         return None
     if bits != 1 and bits % 8:
         return None
     count = rows * cols * samples * max(frames, 1)
     length = (count + 7) // 8 if bits == 1 else count * (bits // 8)
-    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "YBR_FULL_422":
+    if _photometric(ds) == "YBR_FULL_422":
         length = length // 3 * 2
     return length
 
@@ -123,12 +170,39 @@ def _worth_searching(literal: bytes) -> bool:
     return len(literal) >= MIN_BYTES and len(set(literal)) >= 3 and b"\x00" not in literal
 
 
+Lanes = tuple[frozenset[int], ...]
+
+
+@lru_cache(maxsize=64)
+def _allowed(lanes: Lanes) -> tuple[frozenset[int], ...]:
+    """Per cell byte, the lower-case literal bytes that can match it (ASCII case folded)."""
+    return tuple(lane | {b + 32 for b in lane if 0x41 <= b <= 0x5A} for lane in lanes)
+
+
+def _can_occur(literal: bytes, lanes: Lanes) -> bool:
+    """Whether `literal` (lower case; matched ASCII case-insensitively) can be written by
+    pixel cells whose byte ``i`` can only hold ``lanes[i]``, at some alignment."""
+    allowed = _allowed(lanes)
+    n = len(allowed)
+    if len(literal) >= n and any(lane.isdisjoint(literal) for lane in allowed):
+        return False  # every alignment puts some of it in a cell byte that holds none of it
+    return any(
+        all(allowed[(start + k) % n].issuperset(literal[k::n]) for k in range(n))
+        for start in range(n)
+    )
+
+
 @lru_cache(maxsize=256)
 def _patient_scanner(
-    literals: tuple[tuple[bytes, tuple[str, bool, bool]], ...],
+    literals: tuple[tuple[bytes, tuple[str, bool, bool]], ...], lanes: Lanes | None
 ) -> tuple[tuple[_Literal, ...], frozenset[int]]:
-    """The patient's literals worth searching in pixels, and the bytes they are made of."""
-    chosen = tuple((lit, kind) for lit, (kind, _l, _r) in literals if _worth_searching(lit))
+    """The patient's literals worth searching in pixels (and able to occur in pixel cells
+    of this layout), and the bytes they are made of."""
+    chosen = tuple(
+        (lit, kind)
+        for lit, (kind, _l, _r) in literals
+        if _worth_searching(lit) and (lanes is None or _can_occur(lit, lanes))
+    )
     return chosen, frozenset(b for lit, _kind in chosen for b in lit)
 
 
@@ -136,7 +210,7 @@ def _patient_scanner(
 def _table(marked: frozenset[int]) -> tuple[bytes, bytes]:
     """A translate table (1 for a byte that occurs in a literal, in either ASCII case, else 0)
     and the bytes it maps to 0 (to delete them: faster than translating when none is left)."""
-    hits = set(marked) | _UID_BYTES
+    hits = set(marked)
     hits |= {b - 32 for b in hits if 0x61 <= b <= 0x7A}
     hits.discard(0)
     table = bytes(1 if b in hits else 0 for b in range(256))
@@ -144,27 +218,40 @@ def _table(marked: frozenset[int]) -> tuple[bytes, bytes]:
 
 
 def identifier_kind(
-    chunks: list[bytes], ids: Identifiers, high_byte: int | None = None
+    chunks: list[bytes],
+    ids: Identifiers,
+    high_byte: int | None = None,
+    lanes: Lanes | None = None,
 ) -> str | None:
     """Kind of the first source identifier found in the pixel data bytes ``chunks``, else
     None (see the module docstring for what is searched, and why).
 
+    ``lanes``: the byte values each byte of a pixel cell can hold (``pixel_bits.lane_values``,
+    after the bits outside Bits Stored were cleared). A literal that no alignment of cells
+    can spell is not searched at all: 12-bit CT and MR, whose high bytes are 0x00-0x0F,
+    cannot hold a single byte of text in every other position, so nothing is searched.
+
     ``high_byte``: for 16-bit pixels, the offset (0 big endian, 1 little endian) of each
-    sample's high byte. Six consecutive text bytes include three consecutive high bytes, and
-    the high bytes of CT and MR are small numbers, never text: checking them first settles
-    the common case in one strided copy and a translate of half the data.
+    sample's high byte. Six consecutive text bytes include three consecutive high bytes:
+    when the high bytes hold no run of three literal bytes, nothing can match either.
     """
-    chosen, marked = _patient_scanner(ids.byte_literals())
+    chosen, _marked = _patient_scanner(ids.byte_literals(), lanes)
     literals = list(chosen)
-    # per instance (not cached): the original UIDs, and phone numbers as bare digits
+    # per instance (not cached): the original UIDs, and phone / NHS numbers as bare digits
     extra = [(uid.encode("ascii", "replace"), "original_uid") for uid in ids.uids]
-    extra += [(k[6:].encode("ascii"), kind) for k, kind in ids.values.items() if k[:6] == "phone:"]
-    literals += [(lit, kind) for lit, kind in extra if _worth_searching(lit)]
-    table, others = _table(marked)
+    extra += [(digits.encode("ascii"), kind) for digits, kind in ids.digit_strings()]
+    literals += [
+        (lit, kind)
+        for lit, kind in extra
+        if _worth_searching(lit) and (lanes is None or _can_occur(lit, lanes))
+    ]
+    if not literals:
+        return None
+    # element headers are our own writing (tag, VR, length), never text: values only
+    values = [c for c in chunks if len(c) >= _HEADER_MAX]
+    table, others = _table(frozenset(b for lit, _kind in literals for b in lit))
     regions: list[bytes] = []
-    for chunk in chunks:
-        if len(chunk) < MIN_BYTES:
-            continue
+    for chunk in values:
         if high_byte is not None and 1 not in chunk[high_byte:_SAMPLE:2].translate(table):
             high = chunk[high_byte::2]  # (a sample with text bytes: noise-like, skip this)
             if not high.translate(None, others) or _HALF_RUN not in high.translate(table):
@@ -187,10 +274,15 @@ def identifier_kind(
 
 
 def pixel_reason(
-    ds: Dataset, ts: UID, chunks: list[bytes], ids: Identifiers
+    ds: Dataset,
+    ts: UID,
+    chunks: list[bytes],
+    ids: Identifiers,
+    lanes: Lanes | None = None,
 ) -> tuple[Reason, str | None] | None:
     """The verification gate on the output's pixel data (``chunks``: its encoded elements):
-    (reason, detail) to hold the instance back, else None."""
+    (reason, detail) to hold the instance back, else None. ``lanes``: see
+    ``identifier_kind``."""
     reason = length_reason(ds, ts)
     if reason is not None:
         return reason, None
@@ -198,7 +290,9 @@ def pixel_reason(
     if found is None or found[2]:
         return None  # no pixels, or compressed ones (not searched: see the module doc)
     high_byte = None
-    if found[0] == 0x7FE00010 and _int(ds, "BitsAllocated") == 16:
+    if found[0] != 0x7FE00010:
+        lanes = None  # the layout describes Pixel Data, not float pixels
+    elif image_int(ds, "BitsAllocated") == 16:
         high_byte = 0 if ts == ExplicitVRBigEndian else 1
-    kind = identifier_kind(chunks, ids, high_byte)
+    kind = identifier_kind(chunks, ids, high_byte, lanes)
     return (Reason.VERIFICATION_PIXEL_DATA, kind) if kind else None

@@ -34,6 +34,7 @@ from smartbox.inflate import InflateLimits
 from .config import (
     DEFAULT_OPTIONS,
     OPTION_COLUMNS,
+    UNKNOWN_NAMES,
     DeidConfigError,
     DeidPolicy,
     mask_rules_from_toml,
@@ -53,6 +54,8 @@ TABLE_KEYS: tuple[str, ...] = (
     "ocr_scope",
     "ocr_match",
     "ocr_max_frames",
+    "unknown_names",
+    "allow_list",
 )
 #: top-level trust-file keys the policy reads (validated by the trust-file parser)
 TRUST_KEYS: tuple[str, ...] = ("nhs_number_attribute", "max_inflated_bytes", "max_inflate_ratio")
@@ -132,6 +135,12 @@ class PolicyBuilder:
         frames = table.get("ocr_max_frames", 3)
         if isinstance(frames, bool) or not isinstance(frames, int) or not 1 <= frames <= 1000:
             raise _fail(trust, "ocr_max_frames", "an integer 1-1000")
+        names = table.get("unknown_names", "clean")
+        if names not in UNKNOWN_NAMES:
+            raise _fail(trust, "unknown_names", "'clean', 'hold' or 'off'")
+        allow_list = table.get("allow_list", False)
+        if not isinstance(allow_list, bool):
+            raise _fail(trust, "allow_list", "true or false")
         try:
             policy = DeidPolicy(
                 trust_code=trust.code,
@@ -143,6 +152,8 @@ class PolicyBuilder:
                 ocr_scope=scope,
                 ocr_match=match,
                 ocr_max_frames=frames,
+                unknown_names=names,
+                allow_list=allow_list,
                 # the limits the trust's receiver accepted it under: read all it took
                 inflate=InflateLimits.of_trust(trust.max_inflated_bytes, trust.max_inflate_ratio),
             )

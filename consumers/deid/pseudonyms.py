@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from dataclasses import dataclass
 from datetime import date, timedelta
 
 from .config import PseudonymKey
@@ -35,6 +36,24 @@ def nhs_number_valid(value: str | None) -> str | None:
     return digits
 
 
+@dataclass(frozen=True, repr=False)
+class Linkage:
+    """What the identity index keeps of one de-identified instance, so that a key rotation can
+    map this patient's and this study's pseudonyms to the new key's: the HMAC messages
+    (``patient`` holds the NHS number or local ID, ``study_uid`` the original UID), the
+    pseudonyms and the date shift. Identifying: encrypted before it is stored
+    (``consumers.identity_index``), never logged (``repr`` shows nothing)."""
+
+    patient: str
+    patient_pseudonym: str
+    date_shift_days: int
+    study_uid: str | None = None
+    study_pseudonym: str | None = None
+
+    def __repr__(self) -> str:
+        return "Linkage(<identifying: for the identity index only>)"
+
+
 class Pseudonymiser:
     """HMAC-derived identifiers under one key; cheap to call repeatedly (UIDs cached)."""
 
@@ -58,16 +77,22 @@ class Pseudonymiser:
             self._uids[original] = cached
         return cached
 
+    def patient_message(self, nhs_number: str | None, local_id: str | None) -> tuple[str, bool]:
+        """``(message, nhs_number_valid)``: what the patient pseudonym is the HMAC of."""
+        digits = nhs_number_valid(nhs_number)
+        if digits is not None:
+            return "patient:nhs:" + digits, True
+        return f"patient:local:{self._trust}:{(local_id or '').strip()}", False
+
     def patient(self, nhs_number: str | None, local_id: str | None) -> tuple[str, bool]:
         """``(pseudonym, nhs_number_valid)``; region-wide from a valid NHS number, else
         scoped to the trust's local patient ID (so two trusts' local IDs never collide)."""
-        digits = nhs_number_valid(nhs_number)
-        if digits is not None:
-            message = b"patient:nhs:" + digits.encode("ascii")
-        else:
-            local = (local_id or "").strip()
-            message = f"patient:local:{self._trust}:{local}".encode()
-        return self._mac(message)[:16].hex().upper(), digits is not None
+        message, valid = self.patient_message(nhs_number, local_id)
+        return self.patient_of(message), valid
+
+    def patient_of(self, message: str) -> str:
+        """The pseudonym of a patient message (``patient_message``): 32 upper-case hex."""
+        return self._mac(message.encode()).hex()[:32].upper()
 
     def date_shift_days(self, patient_pseudonym: str) -> int:
         """Whole days in [-max, -1] U [1, max], fixed per patient (never 0)."""

@@ -69,8 +69,20 @@ class Reason(StrEnum):
     VERIFICATION_NHS_NUMBER_PATTERN = "verification_failed:nhs_number_pattern"
     VERIFICATION_POSTCODE_PATTERN = "verification_failed:postcode_pattern"
     VERIFICATION_PHONE_PATTERN = "verification_failed:phone_pattern"
+    # verification gate: retained free text holds a person name of the name vocabulary
+    # (``names``; under ``unknown_names = "hold"``, or where cleaning could not remove it)
+    VERIFICATION_NAME_VOCABULARY = "verification_failed:name_vocabulary"
     # verification gate: an identifier in native pixel bytes (detail: its kind)
     VERIFICATION_PIXEL_DATA = "verification_failed:pixel_data"
+    # compressed pixel data that may carry overlay graphics in bits outside Bits Stored
+    # (60xx attributes, or a codestream precision above Bits Stored): cannot be cleared blind
+    OVERLAY_IN_COMPRESSED_PIXELS = "overlay_in_compressed_pixels"
+    # an overlay embedded in the pixel cells at a bit inside Bits Stored (not removable),
+    # or Bits Allocated / Bits Stored / High Bit that contradict each other
+    OVERLAY_IN_STORED_BITS = "overlay_in_stored_bits"
+    PIXEL_BIT_LAYOUT_INVALID = "pixel_bit_layout_invalid"
+    # allow-list profile: the instance's SOP class has no allow-list (``allowlist_iods``)
+    IOD_NOT_IN_ALLOW_LIST = "iod_not_in_allow_list"
     # optional OCR verifier
     VERIFICATION_OCR_TEXT = "verification_failed:ocr_text"
     VERIFICATION_OCR_ERROR = "verification_failed:ocr_error"
@@ -78,6 +90,9 @@ class Reason(StrEnum):
     SOURCE_MISSING = "source_missing"
     SOURCE_CHECKSUM_MISMATCH = "source_checksum_mismatch"
     SOURCE_INVALID = "source_invalid"
+    # anonymiser, per study: its instances disagree on who the patient is (name, ID, birth
+    # date, NHS number): a mis-filed or merged study, held back together, never one pseudonym
+    PATIENT_IDENTITY_CONFLICT = "patient_identity_conflict"
     # national data opt-out: the patient withdrew (the export's withdrawal check)
     WITHDRAWN = "withdrawn"
     # smartbox deidentify: an input file could not be read (detail: errno name)

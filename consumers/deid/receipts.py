@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -33,6 +34,21 @@ OPTION_CODES: dict[str, tuple[str, str]] = {
 }
 
 
+#: the text values receipts and dummies write (no person's name is in them)
+OWN_TEXTS = frozenset(
+    [meaning for _code, meaning in (BASIC_PROFILE_CODE, CLEAN_PIXEL_CODE, *OPTION_CODES.values())]
+    + ["DCM", "REMOVED", "ANONYMOUS", "YES", f"{TABLE_EDITION} E.1-1"]
+)
+#: how the De-identification Method values we write begin (a mask rule's name is the
+#: trust's configuration, not patient data)
+OWN_PREFIXES = ("SMARTBOX DEID ", "KEY ", "PIXELS MASKED", "OVERLAY BITS CLEARED ")
+
+
+def is_own_text(text: str) -> bool:
+    """Whether `text` is one of the values our receipts and dummies write."""
+    return text in OWN_TEXTS or text.startswith(OWN_PREFIXES)
+
+
 def method_codes(options: Iterable[str], pixels_masked: bool = False) -> list[tuple[str, str]]:
     """Basic profile first, then the enabled options (and pixel cleaning) in code order."""
     codes = [OPTION_CODES[o] for o in options if o in OPTION_CODES]
@@ -47,11 +63,15 @@ def add_receipts(
     key_version: str,
     date_mode: str,
     mask_rule: str | None = None,
+    bits_cleared: int = 0,
 ) -> None:
     """Patient Identity Removed, De-identification Method (+ code sequence), and
     Longitudinal Temporal Information Modified. `mask_rule`: the name of the mask rule
-    that blanked burned-in text ("" for an unnamed rule; None when not masked)."""
-    ds.PatientIdentityRemoved = "YES"
+    that blanked burned-in text ("" for an unnamed rule; None when not masked);
+    `bits_cleared`: samples whose bits outside Bits Stored were cleared."""
+    # elements set by tag: setting attributes by keyword costs a dictionary look-up each,
+    # and this runs for every instance
+    ds[0x00120062] = DataElement(0x00120062, "CS", "YES")  # Patient Identity Removed
     method = [
         f"SMARTBOX DEID {CODE_VERSION}",
         f"{TABLE_EDITION} E.1-1",
@@ -59,17 +79,17 @@ def add_receipts(
     ]
     if mask_rule is not None:
         method.append(f"PIXELS MASKED {mask_rule}".strip()[:64])
-    ds.DeidentificationMethod = method
+    if bits_cleared:
+        method.append(f"OVERLAY BITS CLEARED {bits_cleared}")
+    ds[0x00120063] = DataElement(0x00120063, "LO", method)  # De-identification Method
     items = []
     for value, meaning in method_codes(options, mask_rule is not None):
         item = Dataset()
-        item.CodeValue = value
-        item.CodingSchemeDesignator = "DCM"
-        item.CodeMeaning = meaning
+        item[0x00080100] = DataElement(0x00080100, "SH", value)  # Code Value
+        item[0x00080102] = DataElement(0x00080102, "SH", "DCM")  # Coding Scheme Designator
+        item[0x00080104] = DataElement(0x00080104, "LO", meaning)  # Code Meaning
         items.append(item)
-    ds.DeidentificationMethodCodeSequence = Sequence(items)
-    ds.LongitudinalTemporalInformationModified = {
-        "shift": "MODIFIED",
-        "keep": "UNMODIFIED",
-        "empty": "REMOVED",
-    }[date_mode]
+    ds[0x00120064] = DataElement(0x00120064, "SQ", Sequence(items))
+    ds[0x00280303] = DataElement(  # Longitudinal Temporal Information Modified
+        0x00280303, "CS", {"shift": "MODIFIED", "keep": "UNMODIFIED", "empty": "REMOVED"}[date_mode]
+    )

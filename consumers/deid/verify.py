@@ -28,6 +28,7 @@ from pydicom.sequence import Sequence
 from pydicom.valuerep import PersonName
 
 from .codec import Encoded
+from .fold import fold
 from .identifiers import (
     FREE_TEXT_VRS,
     Identifiers,
@@ -36,7 +37,9 @@ from .identifiers import (
     birth_date_spellings,
     pattern_kind,
 )
+from .names import find_name
 from .rawtext import Malformed, text_values
+from .receipts import is_own_text
 
 __all__ = [
     "Identifiers",
@@ -71,6 +74,9 @@ def scan_dataset(ds: Dataset, ids: Identifiers) -> str | None:
                 value = str(value)
             for text in _strings(value):
                 kind = ids.search_value(text, vr)
+                if kind is None and ids.check_names and vr in FREE_TEXT_VRS:
+                    if text.strip() not in ids.own_values and not is_own_text(text):
+                        kind = names_kind(text)
                 if kind:
                     return kind
     return None
@@ -86,12 +92,23 @@ def scan_texts(values: list[tuple[str, str]], ids: Identifiers) -> str | None:
     pseudonym). One pass over the joined values for each, instead of one per value."""
     if not values:
         return None
-    kind = ids.search_identifiers(_SEPARATOR.join(text for _vr, text in values))
+    kind = ids.search_folded(fold(_SEPARATOR.join(text for _vr, text in values)))
     if kind:
         return kind
     own = ids.own_values
     free = [t for vr, t in values if vr in FREE_TEXT_VRS and t.strip() not in own]
-    return pattern_kind(_SEPARATOR.join(free)) if free else None
+    if not free:
+        return None
+    kind = pattern_kind(fold(_SEPARATOR.join(free)))
+    if kind is None and ids.check_names:
+        # our own receipts hold no name: skip them (they are most of the text)
+        kind = names_kind("\n".join(t for t in free if not is_own_text(t)))
+    return kind
+
+
+def names_kind(text: str) -> str | None:
+    """``name_vocabulary`` if free text holds a person name of the vocabulary (``names``)."""
+    return "name_vocabulary" if text and find_name(text) else None
 
 
 def verify_output(encoded: Encoded, ids: Identifiers) -> str | None:

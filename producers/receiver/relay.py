@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import schemas
-from smartbox import layout, metrics
+from smartbox import layout, logs, metrics
 from smartbox.bus import Bus
 from smartbox.config import TrustConfig
 from smartbox.errors import PermanentError, SchemaError, TransientError
@@ -185,20 +185,21 @@ class Relay:
                 "last_received_at": _iso(last),
             },
         )
-        self.bus.publish(message)  # returns once confirmed by the broker
-        for path in self.spool.mark_published(batch_id, study_key):
-            path.unlink(missing_ok=True)
-        self.spool.forget_study_dir(study_key)
-        metrics.STUDIES_ARRIVED.labels(code).inc()
-        metrics.INSTANCES_PUBLISHED.labels(code).inc(len(entries))
-        metrics.STUDY_COMPLETION.labels(code).observe(time.time() - first)
-        log.info(
-            "%s: study %s announced: %d instances%s",
-            code,
-            study_key,
-            len(entries),
-            " (amendment)" if amendment else "",
-        )
+        with logs.message_context(message):  # the study's correlation id starts here
+            self.bus.publish(message)  # returns once confirmed by the broker
+            for path in self.spool.mark_published(batch_id, study_key):
+                path.unlink(missing_ok=True)
+            self.spool.forget_study_dir(study_key)
+            metrics.STUDIES_ARRIVED.labels(code).inc()
+            metrics.INSTANCES_PUBLISHED.labels(code).inc(len(entries))
+            metrics.STUDY_COMPLETION.labels(code).observe(time.time() - first)
+            log.info(
+                "%s: study %s announced: %d instances%s",
+                code,
+                study_key,
+                len(entries),
+                " (amendment)" if amendment else "",
+            )
 
     def _upload(self, pending: list[tuple[int, str, Path]]) -> int:
         """Upload files, a few in parallel, recording progress per chunk: a crash or an outage

@@ -38,6 +38,7 @@ from pydicom.uid import (
 )
 
 from smartbox import metrics
+from smartbox.canary import is_probe_uid
 from smartbox.config import TlsConfig, TrustConfig
 from smartbox.inflate import InflateLimitExceeded, InflateLimits
 from smartbox.keys import RegionalKey
@@ -266,6 +267,9 @@ class StoreSCP:
             return SUCCESS
         if new_version:
             metrics.DUPLICATES.labels(code, "new_version").inc()
+        if is_probe_uid(header.study_uid):  # smartbox probe: not the trust's traffic
+            metrics.PROBE_INSTANCES_RECEIVED.labels(code).inc()
+            return SUCCESS
         metrics.INSTANCES_RECEIVED.labels(code).inc()
         metrics.BYTES_RECEIVED.labels(code).inc(received.size)
         return SUCCESS

@@ -60,7 +60,7 @@ def main(argv: list[str]) -> int:
     # the shared log set-up also turns pydicom's value validation off: the SCP never
     # interprets values (it keeps bytes; the anonymiser validates), the warnings quote them,
     # and the regex validation of every UID in an A-ASSOCIATE-RQ costs ~5 ms per association
-    logs.setup(f"receiver-{trust.code}/w{settings.index}", settings.log_level)
+    logs.setup(f"receiver/w{settings.index}", settings.log_level, trust=trust.code)
     _memoize_uid_validity()
     spool = Spool(settings.spool_root, durable_commits=False)
     scp = StoreSCP(trust, spool, settings.key)

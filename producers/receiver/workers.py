@@ -47,6 +47,7 @@ FORWARDED: list[Counter] = [
     metrics.CSTORE_STATUS,
     metrics.DUPLICATES,
     metrics.FAILURES,
+    metrics.PROBE_INSTANCES_RECEIVED,  # appended: positions are the protocol
 ]
 Snapshot = dict[tuple[int, tuple[tuple[str, str], ...]], float]
 

@@ -237,8 +237,10 @@ def check_leaks(p: Pipeline, f: Findings, staged_keys: list[str], docs: list[Any
     if leaks:
         f.fail(f"planted values in {leaks.where} manifests/messages: {dict(leaks.categories)}")
     for name, proc in p.procs.items():
-        text = proc.log.read_text(errors="replace")
-        leaks = find_leaks([line.encode() for line in text.splitlines()], ids, uids)
+        raw = proc.log.read_text(errors="replace")
+        text = p.log_text(name)  # JSON lines decoded: escaped values and tracebacks as written
+        lines = raw.splitlines() + text.splitlines()
+        leaks = find_leaks([line.encode() for line in lines], ids, uids)
         if leaks:
             f.fail(f"{name} log: planted values on {leaks.where} lines: {dict(leaks.categories)}")
         found = tracebacks(text)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pydicom
 from helpers.malformed import malformed_study
-from helpers.pipeline import Pipeline
+from helpers.pipeline import Pipeline, json_lines
 from helpers.util import wait_for
 
 from smartbox.synthetic import make_ct_study
@@ -122,6 +122,34 @@ def test_two_trusts_end_to_end(pipeline: Pipeline, tmp_path: Path) -> None:
     assert p.metric("receiver-RTK", "smartbox_instances_received_total", trust="RGT") == 0
     for role in ("anonymiser", "exporter", "national.ingest"):
         assert p.queue_messages(role, dlq=True) == []
+    assert_one_correlation_id_per_study(p, export.stderr)
+
+
+def assert_one_correlation_id_per_study(p: Pipeline, export_log: str) -> None:
+    """Every process logs JSON lines; one study's correlation id, minted when the receiver
+    announced it, is on its lines at the anonymiser, the exporter (recording, the export
+    pass, the receipt) and the national ingest."""
+    logs = {name: p.json_log(name) for name in p.procs}
+    logs["export --now"] = json_lines(export_log)
+    assert {r["process"] for r in logs["anonymiser"]} == {"anonymiser"}
+    announced = [r for r in logs["receiver-RTK"] if "announced" in r["message"]]
+    assert len(announced) == 1 and announced[0]["trust"] == "RTK"
+    correlation = announced[0]["correlation_id"]
+    assert correlation and announced[0]["message_id"]
+
+    def said(name: str, words: str) -> list[dict]:
+        return [
+            r for r in logs[name] if r["correlation_id"] == correlation and words in r["message"]
+        ]
+
+    assert said("anonymiser", "staged") and said("exporter", "recorded: pending")
+    assert said("export --now", "exported in batch") and said("ingest", "accepted")
+    assert said("exporter", "acknowledged nationally")
+    for name in ("anonymiser", "exporter", "ingest"):
+        assert {r["trust"] for r in said(name, "")} == {"RTK"}
+    # the other trust's study has its own
+    other = [r for r in logs["receiver-RGT"] if "announced" in r["message"]]
+    assert other[0]["correlation_id"] != correlation
 
 
 def test_adding_a_trust_restarts_nothing_else(pipeline: Pipeline, tmp_path: Path) -> None:

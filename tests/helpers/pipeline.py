@@ -36,6 +36,42 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: what every structured log line carries (None where it does not apply)
+LOG_FIELDS = ("timestamp", "level", "process", "trust", "correlation_id", "message_id", "message")
+
+
+def json_lines(text: str) -> list[dict]:
+    """A log's lines parsed as JSON objects with ``LOG_FIELDS``; anything else fails."""
+    records = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise AssertionError(f"a log line is not JSON: {line[:300]!r}") from None
+        assert isinstance(record, dict) and all(f in record for f in LOG_FIELDS), line[:300]
+        records.append(record)
+    return records
+
+
+def decoded(text: str) -> str:
+    """A log as the text its lines say: a JSON line becomes its message, exception and stack
+    as written (unescaped), so scans for planted values and for tracebacks see exactly what
+    a plain-text log would have shown; any other line stays as it is."""
+    out = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            out.append(line)
+            continue
+        out.extend(str(record[k]) for k in ("message", "exception", "stack") if record.get(k))
+    return "\n".join(out)
+
+
 @dataclass
 class Proc:
     name: str
@@ -149,7 +185,18 @@ class Pipeline:
         return sorted(self.root.glob("*.log"))
 
     def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in self._all_logs())
+        """Every process's log, raw and decoded (``decoded``): what a scan must not find."""
+        raw = [p.read_text(errors="replace") for p in self._all_logs()]
+        return "\n".join(raw + [decoded(t) for t in raw])
+
+    def log_text(self, name: str) -> str:
+        """One process's log as its lines say it (``decoded``)."""
+        return decoded(self.procs[name].log.read_text(errors="replace"))
+
+    def json_log(self, name: str) -> list[dict]:
+        """Every line a running process logged, each parsed as a JSON object (the daemons'
+        format when stderr is not a terminal): a line that is not one fails the test."""
+        return json_lines(self.procs[name].log.read_text(errors="replace"))
 
     def metric(self, name: str, metric: str, **labels: str) -> float:
         proc = self.procs[name]

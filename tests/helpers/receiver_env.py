@@ -59,6 +59,7 @@ class LocalReceiver:
     root: Path
     workers: int = 0
     bus: MemoryBus = field(default_factory=lambda: MemoryBus(Topology(f"r{uuid.uuid4().hex[:6]}")))
+    key: RegionalKey = KEY  # the receiver's own key (`smartbox receive`: intake_key.load)
 
     def __post_init__(self) -> None:
         self.store = LocalStore(self.root / "objects")
@@ -68,7 +69,7 @@ class LocalReceiver:
             spool_dir=self.root / "spool",
             store=self.store,
             bus=self.bus,
-            key=KEY,
+            key=self.key,
             poll_seconds=0.1,
             workers=self.workers,
         )

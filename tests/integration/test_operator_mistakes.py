@@ -101,12 +101,14 @@ def test_the_shipped_examples_pass(base: dict[str, str], tmp_path: Path) -> None
     root = Path(__file__).resolve().parents[2]
     (tmp_path / "pseudonym.key").write_text(KEY)
     (tmp_path / "signing.key").write_text(SIGNING_SEED)
+    (tmp_path / "identity-index.key").write_text("index-" + KEY)
     env = {k: v for k, v in base.items() if not k.startswith("SMARTBOX_")}
     env.update(
         SMARTBOX_SECRETS_FILE=str(root / "deploy" / "systemd" / "smartbox.env.example"),
         SMARTBOX_TRUSTS_DIR=str(root / "trusts"),
         SMARTBOX_PSEUDONYM_KEY_FILE=str(tmp_path / "pseudonym.key"),
         SMARTBOX_EXPORT_SIGNING_KEY_FILE=str(tmp_path / "signing.key"),
+        SMARTBOX_IDENTITY_INDEX_KEY_FILE=str(tmp_path / "identity-index.key"),
     )
     out = run(env, "check-config")
     assert out.returncode == 0, out.stderr

@@ -100,7 +100,9 @@ def ct_dataset(
     ds.BurnedInAnnotation = "NO"
     if frames > 1:
         ds.NumberOfFrames = frames
-    ds.PixelData = bytes((i * 7) % 251 for i in range(rows * cols * 2 * frames))
+    # 12-bit samples with nothing in bits 12-15, whichever the byte order (both bytes <= 0x0F):
+    # bits outside Bits Stored are cleared (overlays), and these pixels must come out as is
+    ds.PixelData = bytes((i * 7) % 251 & 0x0F for i in range(rows * cols * 2 * frames))
     return ds
 
 

@@ -101,3 +101,60 @@ def test_cli_ocr_without_tesseract_is_a_configuration_error(
     args = [str(src), "--out", str(tmp_path / "o"), "--trust", "RX3", "--trusts-dir", str(trusts)]
     assert main(args) == 2
     assert "tesseract" in capsys.readouterr().err
+
+
+def test_copies_of_one_file_are_reported_not_silently_overwritten(
+    tmp_path, env_key, capsys
+) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    data = to_bytes(ct_dataset())
+    for n in range(400):
+        (src / f"copy{n:03d}.dcm").write_bytes(data)
+    assert main([str(src), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["files"], summary["de_identified"], summary["written"]) == (400, 400, 1)
+    assert summary["duplicates"] == 399 and summary["collisions"] == 0
+    assert len(list(out.glob("*.dcm"))) == 1
+    printed = capsys.readouterr().out
+    assert "400 of 400 file(s) de-identified" in printed
+    assert "1 instance(s) written" in printed and "399 duplicate(s)" in printed
+
+
+def test_two_versions_of_one_instance_are_both_kept_and_reported(tmp_path, env_key, capsys) -> None:
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    first, second = ct_dataset(), ct_dataset()
+    second.PixelData = bytes(len(first.PixelData))  # a corrected version: same SOP UID
+    (src / "a.dcm").write_bytes(to_bytes(first))
+    (src / "b.dcm").write_bytes(to_bytes(second))
+    assert main([str(src), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["written"], summary["collisions"], summary["duplicates"]) == (2, 1, 0)
+    outputs = sorted(p.name for p in out.glob("*.dcm"))
+    assert len(outputs) == 2 and outputs[0].split("-")[0] == outputs[1].split(".dcm")[0]
+    [collision] = summary["collision_files"]
+    assert collision["input"].endswith("b.dcm") and collision["same_uid_as"].endswith("a.dcm")
+    printed = capsys.readouterr().out
+    assert "1 collision(s)" in printed and "b.dcm" in printed
+
+
+def test_the_held_back_list_is_printed_with_reasons(tmp_path, env_key, capsys) -> None:
+    src, out = _corpus(tmp_path), tmp_path / "out"
+    assert main([str(src), "--out", str(out), "--strict"]) == 3
+    printed = capsys.readouterr().out
+    lines = [ln.split() for ln in printed.splitlines()]
+    assert [str(src / "sub" / "b.dcm"), "burned_in_annotation"] in lines
+    assert [str(src / "junk.txt"), "unparseable"] in lines
+
+
+def test_progress_goes_to_stderr_only_when_asked_or_on_a_terminal(
+    tmp_path, env_key, capsys
+) -> None:
+    src, out = _corpus(tmp_path), tmp_path / "out"
+    assert main([str(src), "--out", str(out)]) == 0
+    assert capsys.readouterr().err == ""  # not a terminal, not asked: nothing
+    assert main([str(src), "--out", str(out), "--progress"]) == 0
+    captured = capsys.readouterr()
+    assert "3/3 files" in captured.err.splitlines()[-1]
+    assert "3/3" not in captured.out

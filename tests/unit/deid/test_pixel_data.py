@@ -15,8 +15,11 @@ from consumers.deid import Deidentifier
 ACCESSION, MRN = "ACC99887766", "RTK00123456"
 
 
-def with_pixels(pixels: bytes) -> Dataset:
+def with_pixels(pixels: bytes, bits_stored: int = 16) -> Dataset:
+    """A CT whose pixel cells are all sample (16 of 16 bits: nothing is cleared, so only the
+    search stands between text in the pixel bytes and staging)."""
     ds = ct_dataset()
+    ds.BitsStored, ds.HighBit = bits_stored, bits_stored - 1
     ds.OtherPatientIDs = MRN
     assert len(pixels) == len(ds.PixelData)
     ds.PixelData = pixels

@@ -152,7 +152,7 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze not installed")
     paths = []
-    for name in UNITS:
+    for name in [*UNITS, "smartbox-retention.service", "smartbox-retention.timer"]:
         text = (SYSTEMD / name).read_text().replace("/opt/smartbox/venv/bin/smartbox", "/bin/true")
         target = tmp_path / name.replace("@.", "@RTK.")
         target.write_text(text)
@@ -189,3 +189,20 @@ def test_compose_metrics_listen_in_the_container_and_publish_on_host_loopback() 
             assert int(high) - int(low) + 1 >= svc["deploy"]["replicas"], name
         else:
             assert f"127.0.0.1:{port}:{port}" in svc["ports"], name
+
+
+def test_retention_runs_daily_after_the_export_window_with_the_same_hardening() -> None:
+    """Records compact and acknowledged originals go only when retention runs: a timer runs it
+    every day, after the export window, as a hardened one-shot of a real CLI command."""
+    from smartbox.cli import build_parser
+
+    unit = _unit(SYSTEMD / "smartbox-retention.service")
+    timer = _unit(SYSTEMD / "smartbox-retention.timer")
+    assert unit["Type"] == ["oneshot"] and "Restart" not in unit
+    assert timer["Unit"] == ["smartbox-retention.service"]
+    assert timer["Persistent"] == ["yes"] and timer["OnCalendar"][0].startswith("*-*-* 06:")
+    for key in ("NoNewPrivileges", "ProtectSystem", "CapabilityBoundingSet", "User"):
+        assert unit[key] == _unit(SYSTEMD / "smartbox-exporter.service")[key], key
+    [command] = unit["ExecStart"]
+    args = build_parser().parse_args(command.split()[1:])
+    assert args.command == "purge-quarantine" and args.staging_grace_days == 30
