@@ -18,9 +18,11 @@ bitmap - often a name and a date drawn as graphics - stays in bits 12-15 of ever
   above Bits Stored, or, for RLE (which stores whole byte planes), when a byte plane holding
   bits outside Bits Stored is not all zero.
 
-Speed: C-level ``bytes`` operations on strided byte lanes (``data[k::n]``, ``translate``),
-nothing per pixel in Python. Ordinary 12-bit CT/MR, whose unused bits are already zero,
-costs one strided copy, one translate and one compare (~0.15 ms per 0.5 MB).
+Speed: numpy on the pixel cells as unsigned integers of their width and byte order (one
+AND, and for signed data one shift, multiply and OR; a zero-copy view of the bytes), nothing
+per pixel in Python: ~0.1 ms per 0.5 MB whether the spare bits are clean (one masked ``any``)
+or set in every pixel (noise: mask, compare, count, one copy out). A trailing partial cell
+(Pixel Data of odd length: invalid, but seen) is no pixel and is left as it is.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
@@ -119,46 +122,41 @@ def _lanes(layout: BitLayout) -> tuple[tuple[int, int, bytes, bytes], ...]:
     return tuple(lanes)
 
 
+@lru_cache(maxsize=64)
+def _masks(layout: BitLayout) -> tuple[np.dtype, int, int, int]:
+    """(cell dtype, bits kept, bits that must be zero in a clean cell, bits set from the sign
+    bit: all above High Bit in signed data, else 0)."""
+    n = layout.allocated // 8
+    dtype = np.dtype(f"{'<' if layout.little else '>'}u{n}")
+    full = (1 << layout.allocated) - 1
+    keep = ((1 << layout.stored) - 1) << layout.lsb
+    above = full & ~((1 << (layout.high_bit + 1)) - 1) if layout.signed else 0
+    return dtype, keep, full & ~keep & ~above, above
+
+
+def _clear_cells(data: bytes, layout: BitLayout) -> tuple[bytes, int]:
+    """``clear`` for Pixel Data of whole cells, with numpy."""
+    dtype, keep, spare, above = _masks(layout)
+    cells = np.frombuffer(data, dtype)
+    if not above:
+        if not (cells & dtype.type(spare)).any():
+            return data, 0
+        new = cells & dtype.type(keep)
+    else:
+        sign = (cells >> dtype.type(layout.high_bit)) & dtype.type(1)
+        new = (cells & dtype.type(keep)) | (sign * dtype.type(above))
+    count = int(np.count_nonzero(new != cells))  # results are in native order: written back
+    return (new.astype(dtype, copy=False).tobytes(), count) if count else (data, 0)
+
+
 def clear(data: bytes, layout: BitLayout) -> tuple[bytes | bytearray, int]:
     """`data` with every bit outside the stored sample set as the module docstring says, and
-    the number of samples that changed (`data` itself when none did; else a bytearray, not
-    copied once more: it is written out as it is)."""
-    n = layout.allocated // 8
-    lanes = _lanes(layout)
-    changed: list[tuple[int, bytes]] = []
-    count = 0
-    for offset, source, table, stay in lanes:
-        lane = data[offset::n]
-        if source == offset:
-            # count the bytes that will change by deleting the others (clean pixels: an
-            # empty result, cheaper than translating the lane and comparing) or, where a
-            # sample says most will change (noise-like cells), by deleting those instead:
-            # either way the result written is the small part
-            if len(lane[:4096].translate(None, stay)) > 2048:
-                changing = len(lane) - len(lane.translate(None, _changing(stay)))
-            else:
-                changing = len(lane.translate(None, stay))
-            if changing:
-                changed.append((offset, lane.translate(table)))
-                count = changing if len(lanes) == 1 else 0
-            continue
-        new = data[source::n].translate(table)
-        if new != lane:
-            changed.append((offset, new))
-    if not changed:
-        return data, 0
-    out = bytearray(data)
-    for offset, new in changed:
-        out[offset::n] = new
-    if not count:  # several lanes: compare whole samples (rare layouts: a Python loop is fine)
-        count = sum(1 for i in range(0, len(data), n) if data[i : i + n] != out[i : i + n])
-    return out, count
-
-
-@lru_cache(maxsize=64)
-def _changing(stay: bytes) -> bytes:
-    """The byte values not in `stay`."""
-    return bytes(b for b in range(256) if b not in stay)
+    the number of samples that changed (`data` itself when none did)."""
+    whole = len(data) - len(data) % (layout.allocated // 8)
+    if whole == len(data):
+        return _clear_cells(data, layout)
+    new, count = _clear_cells(data[:whole], layout)  # a trailing partial cell is no pixel
+    return (bytes(new) + data[whole:], count) if count else (data, 0)
 
 
 def lane_values(layout: BitLayout) -> tuple[frozenset[int], ...]:

@@ -187,3 +187,51 @@ def test_contradictory_bit_attributes_are_held_back(
     ds = ct_dataset(rows=ROWS, cols=COLS)
     ds.BitsStored, ds.HighBit = stored, high
     assert deid.process(to_bytes(ds)).reason == "pixel_bit_layout_invalid"
+
+
+def reference_clear(
+    data: bytes, allocated: int, stored: int, high: int, signed: bool, little: bool
+) -> tuple[bytes, int]:
+    """The rule of ``pixel_bits``, one cell at a time in plain Python (the oracle)."""
+    size = allocated // 8
+    order = "little" if little else "big"
+    lsb = high - stored + 1
+    keep = ((1 << stored) - 1) << lsb
+    above = ((1 << allocated) - 1) & ~((1 << (high + 1)) - 1)
+    out, count = bytearray(), 0
+    whole = len(data) - len(data) % size
+    for i in range(0, whole, size):
+        cell = int.from_bytes(data[i : i + size], order)
+        new = cell & keep
+        if signed and cell >> high & 1:
+            new |= above
+        count += new != cell
+        out += new.to_bytes(size, order)
+    return bytes(out + data[whole:]), count
+
+
+@pytest.mark.parametrize(("allocated", "stored", "high", "signed", "bit"), LAYOUTS)
+@pytest.mark.parametrize("little", [True, False])
+def test_clearing_noise_and_clean_cells_matches_the_rule_cell_by_cell(
+    allocated: int, stored: int, high: int, signed: bool, bit: int, little: bool
+) -> None:
+    """Random cells (every spare bit set in some pixels), the same cells already clean, and a
+    trailing partial cell: same bytes and count as the one-cell-at-a-time rule."""
+    import random
+
+    from consumers.deid.pixel_bits import BitLayout, clear
+
+    layout = BitLayout(allocated, stored, high, signed, little)
+    rng = random.Random(allocated * 1000 + stored * 10 + high)
+    size = allocated // 8
+    noise = rng.randbytes(size * 4099)
+    expected, count = reference_clear(noise, allocated, stored, high, signed, little)
+    assert count > 0
+    new, n = clear(noise, layout)
+    assert (bytes(new), n) == (expected, count)
+    assert clear(expected, layout) == (expected, 0)  # clean: returned as it is
+    if size > 1:
+        odd = noise + b"\x01"
+        assert (bytes(clear(odd, layout)[0]), clear(odd, layout)[1]) == reference_clear(
+            odd, allocated, stored, high, signed, little
+        )
