@@ -38,11 +38,11 @@ from consumers.deid.reasons import Reason, exception_detail
 from smartbox import __version__, layout, logs, metrics
 from smartbox.bus import Bus
 from smartbox.canary import PROBE_PATIENT_ID
-from smartbox.config import Settings, TrustConfig, TrustRegistry
 from smartbox.errors import ConfigError, PermanentError, SchemaError
 from smartbox.keys import RegionalKey
 from smartbox.store import ObjectStore, get_json, put_json
 from smartbox.transfer import BadObject, read_verified
+from smartbox.trusts import TrustConfig, TrustRegistry
 
 from .identity_check import conflicts, earlier_study
 from .identity_index import IdentityIndex
@@ -117,32 +117,6 @@ class Anonymiser:
         self._withdrawn = WithdrawalRegistry(store, buckets.staging)
         # identifier -> pseudonym per key version, so that a key rotation keeps linkage
         self.index = index
-
-    @classmethod
-    def from_env(
-        cls,
-        store: ObjectStore,
-        bus: Bus,
-        settings: Settings,
-        environ: dict[str, str] | None = None,
-    ) -> Anonymiser:
-        """Wired as ``smartbox anonymise`` runs it: the regional key, the trust files (re-read
-        when they change) and the one policy builder, all from the environment."""
-        index = IdentityIndex.from_env(store, environ)
-        if index is None:
-            log.warning(
-                "no SMARTBOX_IDENTITY_INDEX_KEY: no identity index is kept, so a later key "
-                "rotation could not link patients' histories (docs/deidentification.md)"
-            )
-        return cls(
-            store,
-            bus,
-            RegionalKey.from_env(environ),
-            TrustRegistry(settings.trusts_dir),
-            Buckets(settings.quarantine_bucket, settings.staging_bucket),
-            policies=PolicyBuilder.from_env(environ),
-            index=index,
-        )
 
     def engine_for(self, code: str) -> tuple[TrustConfig, Deidentifier]:
         """The trust's de-identifier, rebuilt when its trust file changed."""

@@ -16,8 +16,9 @@ from datetime import datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from smartbox.config import TrustConfig, environment
 from smartbox.errors import ConfigError
+from smartbox.settings import environment
+from smartbox.trusts import TrustConfig
 
 DAY = 86400.0
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")

@@ -29,7 +29,6 @@ from typing import Any
 import schemas
 from smartbox import layout, logs, metrics
 from smartbox.bus import Bus
-from smartbox.config import TrustConfig, TrustRegistry
 from smartbox.errors import (
     ConfigError,
     PermanentError,
@@ -39,6 +38,7 @@ from smartbox.errors import (
 from smartbox.lease import Lease, LeaseLost
 from smartbox.signing import Signer
 from smartbox.store import ObjectStore, get_json, put_json
+from smartbox.trusts import TrustConfig, TrustRegistry
 
 from . import rotation
 from .export_batch import BatchRunner, selection_id

@@ -40,9 +40,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from consumers.deid.pseudonyms import Linkage
 from smartbox import layout
-from smartbox.config import environment
 from smartbox.errors import ConfigError, PermanentError
 from smartbox.keys import RegionalKey
+from smartbox.settings import environment
 from smartbox.store import ObjectStore
 
 KEY_NAMES = (

@@ -15,10 +15,10 @@ import pydicom
 
 from consumers.deid.policy import PolicyBuilder
 from consumers.deid.pseudonyms import Pseudonymiser
-from smartbox.config import TrustConfig
 from smartbox.errors import ConfigError
 from smartbox.keys import RegionalKey
 from smartbox.store import ObjectStore
+from smartbox.trusts import TrustConfig
 
 
 def _engine(trust: TrustConfig, key: RegionalKey) -> Pseudonymiser:

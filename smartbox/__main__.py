@@ -1,5 +1,5 @@
 import sys
 
-from smartbox.cli import main
+from smartbox.app.cli import main
 
 sys.exit(main())

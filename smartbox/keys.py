@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import environment
 from .errors import ConfigError
+from .settings import environment
 
 KEY_ENV = "SMARTBOX_PSEUDONYM_KEY"
 KEY_FILE_ENV = "SMARTBOX_PSEUDONYM_KEY_FILE"

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from . import __version__, metrics
 from .bus import Bus
-from .config import S3Settings, Settings
 from .rabbit import RabbitBus
 from .s3 import S3Store
+from .settings import S3Settings, Settings
 from .store import ObjectStore
 from .topology import Topology
 

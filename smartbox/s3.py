@@ -17,8 +17,8 @@ import urllib3
 from minio import Minio
 from minio.error import MinioException, S3Error
 
-from .config import S3Settings
 from .errors import NotFound, PermanentError, TransientError
+from .settings import S3Settings
 from .store import check_key
 
 T = TypeVar("T")

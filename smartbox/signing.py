@@ -21,8 +21,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .config import environment
 from .errors import ConfigError
+from .settings import environment
 
 
 def _read(env: Mapping[str, str], name: str) -> str | None:

@@ -32,8 +32,8 @@ from consumers.export_state import ExportState  # noqa: E402
 from consumers.exporter import Exporter  # noqa: E402
 from smartbox import layout  # noqa: E402
 from smartbox.bus import MemoryBus  # noqa: E402
-from smartbox.config import S3Settings  # noqa: E402
 from smartbox.s3 import S3Store  # noqa: E402
+from smartbox.settings import S3Settings  # noqa: E402
 from smartbox.signing import Signer  # noqa: E402
 
 BATCH = 20

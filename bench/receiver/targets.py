@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[4])
 from producers.receiver import ReceiverService
 from smartbox.bus import MemoryBus
-from smartbox.config import TrustConfig
+from smartbox.trusts import TrustConfig
 from smartbox.keys import RegionalKey
 from smartbox.store import LocalStore
 root, port, workers = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])

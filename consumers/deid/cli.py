@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from smartbox import logs
-from smartbox.config import environment, load_trust
 from smartbox.errors import ConfigError
+from smartbox.settings import environment
+from smartbox.trusts import load_trust
 
 from .config import DeidPolicy, PseudonymKey
 from .deidentifier import Deidentifier

@@ -8,7 +8,7 @@ pipeline different output for the same trust file.
 
 Where each setting comes from:
 
-* the trust file (``smartbox.config`` parses the file and the receiver's keys; the
+* the trust file (``smartbox.trusts`` parses the file and the receiver's keys; the
   ``[deidentification]`` table is parsed here, ``TABLE_KEYS``): options, mask rules, OCR;
   and, at top level, ``nhs_number_attribute``, ``max_inflated_bytes``, ``max_inflate_ratio``;
 * the environment (or ``SMARTBOX_SECRETS_FILE``): ``SMARTBOX_DEID_OPTIONS``, the options of a
@@ -27,9 +27,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from smartbox.config import TrustConfig, environment
 from smartbox.errors import ConfigError
 from smartbox.inflate import InflateLimits
+from smartbox.settings import environment
+from smartbox.trusts import TrustConfig
 
 from .config import (
     DEFAULT_OPTIONS,

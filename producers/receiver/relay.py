@@ -20,9 +20,9 @@ from pathlib import Path
 import schemas
 from smartbox import layout, logs, metrics
 from smartbox.bus import Bus
-from smartbox.config import TrustConfig
 from smartbox.errors import PermanentError, SchemaError, TransientError
 from smartbox.store import ObjectStore, put_json
+from smartbox.trusts import TrustConfig
 
 from .acquired import days_before_arrival
 from .spool import Spool

@@ -39,9 +39,9 @@ from pydicom.uid import (
 
 from smartbox import metrics
 from smartbox.canary import is_probe_uid
-from smartbox.config import TlsConfig, TrustConfig
 from smartbox.inflate import InflateLimitExceeded, InflateLimits
 from smartbox.keys import RegionalKey
+from smartbox.trusts import TlsConfig, TrustConfig
 
 from . import intake
 from .dimse import Command

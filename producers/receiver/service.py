@@ -15,10 +15,10 @@ from pathlib import Path
 
 from smartbox import metrics
 from smartbox.bus import Bus
-from smartbox.config import TrustConfig
 from smartbox.errors import ConfigError
 from smartbox.keys import RegionalKey
 from smartbox.store import ObjectStore
+from smartbox.trusts import TrustConfig
 
 from .relay import Relay
 from .scp import StoreSCP

@@ -34,8 +34,8 @@ from typing import Any, cast
 from prometheus_client import Counter
 
 from smartbox import metrics
-from smartbox.config import TrustConfig
 from smartbox.keys import RegionalKey
+from smartbox.trusts import TrustConfig
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from consumers.exporter import Exporter, ExportSummary
 from consumers.ingest import NationalIngest
 from smartbox import layout
 from smartbox.bus import MemoryBus, handle_delivery
-from smartbox.config import TrustConfig
 from smartbox.signing import Signer
 from smartbox.store import ObjectStore, put_json
+from smartbox.trusts import TrustConfig
 
 
 def patient_of(n: int) -> str:

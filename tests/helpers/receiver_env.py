@@ -21,10 +21,10 @@ from pynetdicom.presentation import build_context
 
 from producers.receiver import ReceiverService
 from smartbox.bus import MemoryBus
-from smartbox.config import TrustConfig
 from smartbox.keys import RegionalKey
 from smartbox.store import LocalStore
 from smartbox.topology import Topology
+from smartbox.trusts import TrustConfig
 
 KEY = RegionalKey(b"receiver-tests-" + b"7" * 32)
 CALLER = "TEST_PACS"

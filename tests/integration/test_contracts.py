@@ -12,10 +12,10 @@ from helpers.util import wait_for
 
 import schemas
 from smartbox.bus import MemoryBus
-from smartbox.config import S3Settings
 from smartbox.errors import NotFound, PermanentError, SchemaError, TransientError
 from smartbox.rabbit import RabbitBus
 from smartbox.s3 import S3Store
+from smartbox.settings import S3Settings
 from smartbox.store import LocalStore
 from smartbox.topology import Topology
 

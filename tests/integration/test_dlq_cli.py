@@ -18,10 +18,10 @@ import consumers.anonymiser as anonymiser_module
 import schemas
 from consumers.anonymiser import Anonymiser, Buckets
 from consumers.deid import Deidentifier
-from smartbox.config import S3Settings
 from smartbox.errors import PermanentError, SchemaError
 from smartbox.rabbit import RabbitBus
 from smartbox.s3 import S3Store
+from smartbox.settings import S3Settings
 from smartbox.synthetic import make_ct_study
 from smartbox.topology import Topology
 

@@ -25,10 +25,10 @@ from helpers.util import wait_for
 from consumers.export_policy import ExportPolicy
 from consumers.exporter import Exporter
 from consumers.ingest import NationalIngest
-from smartbox.config import S3Settings
 from smartbox.lease import Lease
 from smartbox.rabbit import RabbitBus
 from smartbox.s3 import S3Store
+from smartbox.settings import S3Settings
 from smartbox.signing import Signer
 from smartbox.store import get_json
 from smartbox.topology import Topology

@@ -13,7 +13,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.presentation import build_context
 
-from smartbox.config import TlsConfig
+from smartbox.trusts import TlsConfig
 
 CT = Path(get_testdata_file("CT_small.dcm"))
 

@@ -20,7 +20,7 @@ from helpers.local_pipeline import LocalPipeline, local_pipeline
 from helpers.receiver_env import trust_code
 from helpers.util import missing
 
-from smartbox.report import build_report
+from smartbox.app.report import build_report
 from smartbox.store import LocalStore
 from smartbox.synthetic import SyntheticStudy, make_ct_study
 

@@ -2,9 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from smartbox.config import Settings, load_all_trusts, load_trust, read_env_file
 from smartbox.errors import ConfigError
 from smartbox.keys import RegionalKey
+from smartbox.settings import Settings, read_env_file
+from smartbox.trusts import load_all_trusts, load_trust
 
 GOOD = """
 code = "RTK"
@@ -128,7 +129,7 @@ def test_key_required_and_hidden(tmp_path: Path) -> None:
 def test_registry_reloads_a_changed_or_new_trust_file(tmp_path: Path) -> None:
     import os
 
-    from smartbox.config import TrustRegistry
+    from smartbox.trusts import TrustRegistry
 
     write(tmp_path, "RTK", GOOD)
     registry = TrustRegistry(tmp_path)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from smartbox.config import load_trust
 from smartbox.errors import ConfigError
+from smartbox.trusts import load_trust
 
 BASE = """
 code = "RTK"

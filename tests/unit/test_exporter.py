@@ -17,9 +17,9 @@ import schemas
 from consumers.export_policy import ExportPolicy
 from consumers.exporter import Schedule
 from smartbox import layout
-from smartbox.config import TrustConfig
 from smartbox.errors import TransientError
 from smartbox.store import LocalStore, get_json
+from smartbox.trusts import TrustConfig
 
 LONDON = ZoneInfo("Europe/London")
 

@@ -16,7 +16,8 @@ from consumers.identity_index import IdentityIndex
 from consumers.rotation import rotate
 from producers.receiver import intake_key
 from producers.receiver.scp import instance_key_for
-from smartbox import cli, layout
+from smartbox import layout
+from smartbox.app import cli
 from smartbox.bus import MemoryBus
 from smartbox.errors import ConfigError, PermanentError
 from smartbox.keys import RegionalKey

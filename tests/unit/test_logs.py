@@ -93,7 +93,7 @@ def test_smartbox_deidentify_logs_no_value_of_malformed_input(tmp_path: Path) ->
     study = malformed_study(12)
     study.write(tmp_path / "in")
     proc = run(
-        "from smartbox.cli import main; import sys; sys.exit(main(sys.argv[1:]))",
+        "from smartbox.app.cli import main; import sys; sys.exit(main(sys.argv[1:]))",
         "deidentify",
         str(tmp_path / "in"),
         "--out",
@@ -177,7 +177,7 @@ def test_text_format_on_request_and_a_bad_format_is_one_line() -> None:
     assert text.returncode == 0, text.stderr
     assert " WARNING ingest consumers.ingest: hello [correlation cccccccc]" in text.stderr
     bad = run(
-        "from smartbox.cli import main; import sys; sys.exit(main(sys.argv[1:]))",
+        "from smartbox.app.cli import main; import sys; sys.exit(main(sys.argv[1:]))",
         "held",
         extra_env={"SMARTBOX_LOG_FORMAT": "yaml"},
     )

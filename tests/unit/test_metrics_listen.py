@@ -8,8 +8,8 @@ import socket
 import pytest
 
 from smartbox import runtime
-from smartbox.cli import build_parser
-from smartbox.config import Settings
+from smartbox.app.cli import build_parser
+from smartbox.settings import Settings
 
 PROCESSES = (["receive", "--trust", "RTK"], ["anonymise"], ["export"], ["ingest"], ["demo"])
 

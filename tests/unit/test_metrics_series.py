@@ -9,8 +9,8 @@ import pytest
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from smartbox import preflight
-from smartbox.config import Settings
+from smartbox.app import preflight
+from smartbox.settings import Settings
 
 
 def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

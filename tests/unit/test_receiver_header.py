@@ -30,7 +30,6 @@ from pydicom.uid import (
 
 from producers.receiver import dimse, header, intake
 from producers.receiver.header import UNDEFINED, BytesSource, Layout
-from smartbox.config import parse_trust
 from smartbox.errors import ConfigError
 from smartbox.inflate import (
     RATIO_FLOOR,
@@ -40,6 +39,7 @@ from smartbox.inflate import (
     InflatingSource,
 )
 from smartbox.synthetic import make_ct_study
+from smartbox.trusts import parse_trust
 
 FILES = sorted(Path(f) for f in get_testdata_files() if Path(f).is_file())
 Values = tuple[str, str, str]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from consumers.deid.policy import PolicyBuilder
-from smartbox.config import TrustRegistry, load_all_trusts, load_trust
+from smartbox.trusts import TrustRegistry, load_all_trusts, load_trust
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,14 +14,14 @@ import pytest
 from conftest import ct_dataset, planted_dataset, to_bytes, write_trust
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from consumers.anonymiser import Anonymiser
 from consumers.deid import DeidConfigError, PolicyBuilder
 from consumers.deid.policy import accepted_trust_keys
-from smartbox import cli
+from smartbox.app import cli, factories
 from smartbox.bus import MemoryBus
-from smartbox.config import Settings, load_trust
 from smartbox.errors import ConfigError, PermanentError
+from smartbox.settings import Settings
 from smartbox.store import LocalStore
+from smartbox.trusts import load_trust
 
 ROOT = Path(__file__).resolve().parents[3]
 SECRET = "pipeline-and-cli-key-0123456789"
@@ -70,11 +70,19 @@ def _inputs() -> list[bytes]:
     return [to_bytes(ds) for ds in (planted, plain, deflated, bomb, sono, burned)]
 
 
+def production_anonymiser(
+    store: LocalStore, bus: MemoryBus, env: dict[str, str] | None = None
+) -> Any:
+    """The anonymiser as ``smartbox anonymise`` builds it (the app layer's factories)."""
+    wiring = factories.Wiring.from_settings(Settings.from_env(env), bus, store, environ=env)
+    return factories.anonymiser(wiring, environ=env)
+
+
 def _pipeline(tmp_path: Path, code: str, env: dict[str, str], inputs: list[bytes]) -> Any:
     from helpers.quarantine import quarantine_batch
 
     store, bus = LocalStore(tmp_path / "objects"), MemoryBus()
-    anonymiser = Anonymiser.from_env(store, bus, Settings.from_env(env), env)
+    anonymiser = production_anonymiser(store, bus, env)
     anonymiser.handle(quarantine_batch(store, code, inputs))
     [(staged, _headers)] = bus.messages(bus.topology.queue("exporter"))
     manifest = json.loads(store.get_bytes("staging", staged["body"]["manifest_key"]))
@@ -162,7 +170,7 @@ def test_short_keys_and_bad_versions_are_refused_by_every_entry_point(
         assert cli.main(["check-config", "--role", "anonymise"]) == 2
         assert what in capsys.readouterr().err
         with pytest.raises(ConfigError, match=what):
-            Anonymiser.from_env(LocalStore(tmp_path / "s"), MemoryBus(), Settings.from_env())
+            production_anonymiser(LocalStore(tmp_path / "s"), MemoryBus())
 
 
 def test_ocr_without_tesseract_stops_the_anonymiser_at_start_not_per_study(
@@ -184,7 +192,7 @@ def test_ocr_without_tesseract_stops_the_anonymiser_at_start_not_per_study(
     assert "tesseract" in capsys.readouterr().err
     # a trust file switched to OCR while running: that message is dead-lettered at once
     store = LocalStore(tmp_path / "objects")
-    anonymiser = Anonymiser.from_env(store, MemoryBus(), Settings.from_env())
+    anonymiser = production_anonymiser(store, MemoryBus())
     with pytest.raises(PermanentError, match="tesseract"):
         anonymiser.handle(quarantine_batch(store, "ROCR", [to_bytes(ct_dataset())]))
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from smartbox.config import load_all_trusts
+from smartbox.trusts import load_all_trusts
 
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"

@@ -194,7 +194,7 @@ def test_compose_metrics_listen_in_the_container_and_publish_on_host_loopback() 
 def test_retention_runs_daily_after_the_export_window_with_the_same_hardening() -> None:
     """Records compact and acknowledged originals go only when retention runs: a timer runs it
     every day, after the export window, as a hardened one-shot of a real CLI command."""
-    from smartbox.cli import build_parser
+    from smartbox.app.cli import build_parser
 
     unit = _unit(SYSTEMD / "smartbox-retention.service")
     timer = _unit(SYSTEMD / "smartbox-retention.timer")

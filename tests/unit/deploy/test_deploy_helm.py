@@ -16,7 +16,7 @@ import yaml
 from helpers.util import missing
 
 from consumers.deid.policy import PolicyBuilder
-from smartbox.config import load_all_trusts, parse_trust
+from smartbox.trusts import load_all_trusts, parse_trust
 
 ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "deploy" / "helm" / "smartbox"

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import TRUST_CODE_RE, Settings, TrustConfig, load_all_trusts, load_trust
-from .errors import ConfigError
+from smartbox.errors import ConfigError
+from smartbox.settings import Settings
+from smartbox.trusts import TRUST_CODE_RE, TrustConfig, load_all_trusts, load_trust
 
 #: the processes, by their ``smartbox`` command
 ROLES = ("receive", "anonymise", "export", "ingest")
@@ -73,20 +74,19 @@ def check(
                 "add one with `smartbox trust add`"
             )
     if uses_trusts:
-        from .keys import RegionalKey
+        from smartbox.keys import RegionalKey
 
         report.run(RegionalKey.from_env, environ)
     if "anonymise" in wanted:
         _check_policies(report, environ)
     if "export" in wanted:
         from consumers.export_policy import ExportPolicy
-
-        from .signing import Signer
+        from smartbox.signing import Signer
 
         report.run(Signer.from_env, environ)
         report.run(ExportPolicy.from_env, environ)
     if "ingest" in wanted:
-        from .signing import Verifier
+        from smartbox.signing import Verifier
 
         report.run(Verifier.from_env, environ)
     return report
@@ -129,7 +129,7 @@ def init_series(role: str, settings: Settings, *, trust: str | None = None) -> N
     """Create at zero the per-trust series ``role`` reports, for its own trust (receiver) or
     every trust file (the others): a configured trust is on the dashboard and in the alerts
     (a silent trust, a failure ratio) from start-up, not from its first event."""
-    from . import metrics
+    from smartbox import metrics
 
     trusts = [trust] if trust is not None else trust_codes(settings.trusts_dir)
     labelled: dict[Any, Any] = {}

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from .errors import ConfigError
+from smartbox.errors import ConfigError
 
 if TYPE_CHECKING:
-    from .config import Settings, TrustConfig
+    from smartbox.settings import Settings
+    from smartbox.trusts import TrustConfig
 
 FIRST_PORT = 11112  # the registered DICOM port; trusts get it and the ports after it
 
@@ -99,7 +100,7 @@ def next_free_port(used: set[int], first: int = FIRST_PORT) -> int:
 
 
 def _existing(trusts_dir: Path) -> dict[str, TrustConfig]:
-    from .config import load_all_trusts
+    from smartbox.trusts import load_all_trusts
 
     return load_all_trusts(trusts_dir) if trusts_dir.is_dir() else {}
 
@@ -107,7 +108,7 @@ def _existing(trusts_dir: Path) -> dict[str, TrustConfig]:
 def add_trust(trusts_dir: Path, trust: NewTrust) -> tuple[Path, TrustConfig]:
     """Validate and write ``trusts_dir/<CODE>.toml``; ConfigError (nothing written) if the
     trust exists, its port or AE title is taken, or the receiver would reject the file."""
-    from .config import TRUST_CODE_RE, load_all_trusts, load_trust, parse_trust
+    from smartbox.trusts import TRUST_CODE_RE, load_all_trusts, load_trust, parse_trust
 
     if not TRUST_CODE_RE.match(trust.code):
         raise ConfigError(f"trust code {trust.code!r}: 2-8 upper-case letters or digits")

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .errors import ConfigError
-from .report_records import Profile, Records, read_records
+from smartbox.errors import ConfigError
+from smartbox.report_records import Profile, Records, read_records
 
 if TYPE_CHECKING:
-    from .config import Settings, TrustConfig
-    from .store import ObjectStore
+    from smartbox.settings import Settings
+    from smartbox.store import ObjectStore
+    from smartbox.trusts import TrustConfig
 
 MAX_DAYS = 366
 #: Table E.1-1 actions after compilation (consumers.deid.table), most protective first
@@ -276,8 +277,8 @@ def _configured_options(trust: TrustConfig) -> tuple[str, ...]:
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
     """Run ``smartbox report``; ConfigError for operator mistakes (exit 2)."""
-    from .config import TRUST_CODE_RE, TrustRegistry
-    from .store import LocalStore
+    from smartbox.store import LocalStore
+    from smartbox.trusts import TRUST_CODE_RE, TrustRegistry
 
     code = args.trust
     if not TRUST_CODE_RE.match(code):
@@ -293,7 +294,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
             raise ConfigError(f"--local-store {root}: no such directory")
         store = LocalStore(root)
     else:
-        from .s3 import S3Store
+        from smartbox.s3 import S3Store
 
         store = S3Store(settings.s3)
     report = build_report(

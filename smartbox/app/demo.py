@@ -33,14 +33,14 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from . import metrics
-from .bus import MemoryBus
-from .config import TrustConfig, load_all_trusts
-from .errors import ConfigError
-from .keys import RegionalKey
-from .signing import Signer
-from .store import LocalStore
-from .synthetic import make_ct_study
+from smartbox import metrics
+from smartbox.bus import MemoryBus
+from smartbox.errors import ConfigError
+from smartbox.keys import RegionalKey
+from smartbox.signing import Signer
+from smartbox.store import LocalStore
+from smartbox.synthetic import make_ct_study
+from smartbox.trusts import TrustConfig, load_all_trusts
 
 #: only when no trust file is found (an installed package without the repository)
 DEMO_TRUSTS = [
@@ -49,7 +49,7 @@ DEMO_TRUSTS = [
     ("RRK", "University Hospitals Birmingham"),
 ]
 CALLER = "DEMOPACS"
-REPO_TRUSTS = Path(__file__).resolve().parents[1] / "trusts"
+REPO_TRUSTS = Path(__file__).resolve().parents[2] / "trusts"
 
 
 def demo_trusts(trusts_dir: str | None) -> tuple[dict[str, TrustConfig], str]:
@@ -167,10 +167,7 @@ def _run(
     keep_running: bool,
     out,
 ) -> int:
-    from consumers.anonymiser import Anonymiser
-    from consumers.exporter import Exporter
-    from consumers.ingest import NationalIngest
-    from producers.receiver import ReceiverService
+    from . import factories
 
     if "SMARTBOX_PSEUDONYM_KEY" in os.environ or "SMARTBOX_PSEUDONYM_KEY_FILE" in os.environ:
         key = RegionalKey.from_env()
@@ -190,16 +187,17 @@ def _run(
     where = "kept: --workdir" if kept else "temporary: removed at the end; --workdir DIR keeps it"
     print(f"smartbox demo in {root} ({where}); pseudonyms from {key_note}", file=out)
     print(f"trusts: {', '.join(trusts)} from {trusts_note}", file=out)
+    # the services the daemons run, built by the same factories from in-process adapters
+    wiring = factories.Wiring.in_process(bus, store, national, key, trusts, root / "spool")
     services = {}
     for code, trust in trusts.items():
-        svc = ReceiverService(
-            trust, spool_dir=root / "spool", store=store, bus=bus, key=key, poll_seconds=0.2
-        )
+        svc = factories.receiver(wiring, trust, poll_seconds=0.2)
         services[code] = (svc, svc.start(stop))
-    anonymiser = Anonymiser(store, bus, key, trusts)
+    # no identity index: the demo's key is thrown away with its folder
+    anonymiser = factories.anonymiser(wiring, identity_index=False)
     signer = Signer.generate()  # a throwaway signing key; the national side gets its public half
-    exporter = Exporter(store, national, bus, signer=signer, trusts=trusts)
-    ingest = NationalIngest(national, bus, verifier=signer.verifier())
+    exporter = factories.exporter(wiring, signer=signer)
+    ingest = factories.ingest(wiring, verifier=signer.verifier())
     threads = [
         threading.Thread(
             target=bus.consume, args=(role, handler), kwargs={"stop": stop}, daemon=True

@@ -34,14 +34,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
 
-from . import __version__, metrics
-from .errors import ConfigError, NotFound, PermanentError, TransientError
-from .store import ObjectStore, get_json
+from smartbox import __version__, metrics
+from smartbox.errors import ConfigError, NotFound, PermanentError, TransientError
+from smartbox.store import ObjectStore, get_json
 
 if TYPE_CHECKING:
     from consumers.export_state import ExportState
-
-    from .config import Settings, TrustConfig
+    from smartbox.settings import Settings
+    from smartbox.trusts import TrustConfig
 
 HOPS = ("store", "staged", "recorded", "exported", "acknowledged")
 _EVERY = re.compile(r"^(\d+(?:\.\d+)?)([smh]?)$")
@@ -81,9 +81,8 @@ def target(settings: Settings, code: str, host: str | None) -> Target:
     """The trust's receiver as its PACS sees it, and its de-identifier's UID function."""
     from consumers.deid import Deidentifier
     from consumers.deid.policy import PolicyBuilder
-
-    from .config import load_trust
-    from .keys import RegionalKey
+    from smartbox.keys import RegionalKey
+    from smartbox.trusts import load_trust
 
     trust = load_trust(settings.trusts_dir, code)
     if trust.tls is not None:
@@ -127,9 +126,10 @@ def probe_once(
 ) -> int:
     """Send one probe study and follow it; ``report(hop, seconds, note)`` after each hop.
     Returns the number of instances stored; raises HopFailed."""
-    from . import layout
+    from smartbox import layout
+    from smartbox.synthetic import make_probe_study
+
     from .demo import send_study
-    from .synthetic import make_probe_study
 
     code = t.trust.code
     study = make_probe_study(seed if seed is not None else random.randrange(1, 10**9))  # noqa: S311
@@ -220,9 +220,8 @@ def main(args: argparse.Namespace, settings: Settings, out: TextIO = sys.stdout)
     """Run ``smartbox probe``; ConfigError (exit 2) for operator mistakes."""
     from consumers.export_policy import ExportPolicy
     from consumers.export_state import ExportState
-
-    from .config import TRUST_CODE_RE
-    from .s3 import S3Store
+    from smartbox.s3 import S3Store
+    from smartbox.trusts import TRUST_CODE_RE
 
     if not 1 <= args.timeout <= 86400:
         raise ConfigError(f"--timeout {args.timeout:g}: seconds from 1 to 86400")
@@ -280,7 +279,7 @@ def _canary(
     out: TextIO,
 ) -> int:
     """Probe every ``every`` seconds until SIGTERM or SIGINT; metrics on the metrics port."""
-    from .runtime import install_stop_signals
+    from smartbox.runtime import install_stop_signals
 
     for t in targets:  # every series at zero from the start (an alert sees a trust at once)
         for hop in hops:

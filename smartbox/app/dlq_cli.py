@@ -12,11 +12,11 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from .errors import ConfigError
+from smartbox.errors import ConfigError
 
 if TYPE_CHECKING:
-    from .config import Settings
-    from .dlq import DeadLetters
+    from smartbox.dlq import DeadLetters
+    from smartbox.settings import Settings
 
 ROLES = ["anonymiser", "exporter", "national.ingest", "export.receipts"]
 
@@ -34,8 +34,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
     """Run one ``smartbox dlq`` action; the exit code."""
-    from .dlq import DeadLetters
-    from .topology import Topology
+    from smartbox.dlq import DeadLetters
+    from smartbox.topology import Topology
 
     dlq = DeadLetters(settings.amqp_url, Topology(settings.namespace), args.role)
     if args.action == "drop":

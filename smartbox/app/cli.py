@@ -14,11 +14,11 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from . import __version__
-from .errors import ConfigError, TransientError
+from smartbox import __version__
+from smartbox.errors import ConfigError, TransientError
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from smartbox.settings import Settings
 
 log = logging.getLogger("smartbox")
 
@@ -175,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return deid_main(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(args_list)
-    from . import logs
+    from smartbox import logs
 
     try:
         level = _log_level(args.log_level)
@@ -210,7 +210,7 @@ def _config_error(exc: ConfigError) -> int:
 
 def _log_level(flag: str | None) -> str | None:
     """The ``--log-level`` asked for (None: the default); it and SMARTBOX_LOG_LEVEL checked."""
-    from .validate import log_level
+    from smartbox.validate import log_level
 
     env = os.environ.get("SMARTBOX_LOG_LEVEL")
     if env is not None:
@@ -232,8 +232,9 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from .config import Settings, load_trust
-    from .keys import RegionalKey
+    from smartbox.keys import RegionalKey
+    from smartbox.settings import Settings
+    from smartbox.trusts import load_trust
 
     if args.command == "demo":
         from .demo import run_demo
@@ -271,7 +272,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return rotate_key_command(settings)
     if args.command in ("reconcile", "withdraw"):
-        from consumers.export_cli import reconcile_command, withdraw_command
+        from smartbox.app.export_cli import reconcile_command, withdraw_command
 
         command = reconcile_command if args.command == "reconcile" else withdraw_command
         return command(args, settings)
@@ -293,9 +294,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return probe.main(args, settings)
     if args.command == "purge-quarantine":
         from consumers.export_policy import ExportPolicy
-
-        from .retention import purge_quarantine
-        from .s3 import S3Store
+        from smartbox.retention import purge_quarantine
+        from smartbox.s3 import S3Store
 
         report = purge_quarantine(
             S3Store(settings.s3),
@@ -310,7 +310,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         for batch_key in report.unprocessed_old:
             print(f"not processed, past retention (kept): {batch_key}", file=sys.stderr)
         if args.staging_grace_days is not None and not args.dry_run:
-            from .retention import purge_staging
+            from smartbox.retention import purge_staging
 
             n = purge_staging(
                 S3Store(settings.s3),
@@ -320,7 +320,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"purged {n} staged objects of studies acknowledged nationally")
         return 0
 
-    from . import runtime
+    from smartbox import runtime
+
+    from . import factories
 
     if args.command == "receive":
         from producers.receiver import intake_key
@@ -335,15 +337,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         server = None
         if args.metrics_port is not None:
             server = runtime.bind_metrics(rt, args.metrics_port, args.metrics_host)
-        from producers.receiver import ReceiverService
-
-        service = ReceiverService(
-            trust,
-            spool_dir=settings.spool_dir,
-            store=rt.store,
-            bus=rt.bus,
-            key=key,
-            quarantine_bucket=settings.quarantine_bucket,
+        service = factories.receiver(
+            factories.Wiring.from_settings(settings, rt.bus, rt.store, key=key), trust
         )
         service.start(rt.stop)
         if server is not None:
@@ -357,8 +352,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
 
     if args.command == "anonymise":
-        from consumers.anonymiser import Anonymiser
-
         rt = runtime.start(
             "anonymiser",
             settings,
@@ -367,7 +360,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         rt.bus.declare()
         # key, trust files and policy builder as check-config checked them (require above)
-        anonymiser = Anonymiser.from_env(rt.store, rt.bus, settings)
+        wiring = factories.Wiring.from_settings(settings, rt.bus, rt.store)
+        anonymiser = factories.anonymiser(wiring)
         rt.bus.consume(
             "anonymiser",
             anonymiser.handle,
@@ -377,24 +371,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
 
     if args.command == "export":
-        from consumers.export_cli import export_command
+        from smartbox.app.export_cli import export_command
 
         return export_command(args, settings)
 
     if args.command == "ingest":
-        from consumers.ingest import NationalIngest
-
         rt = runtime.start(
             "ingest", settings, metrics_port=args.metrics_port, metrics_host=args.metrics_host
         )
         rt.bus.declare()
-        from .signing import Verifier
+        from smartbox.signing import Verifier
 
-        ingest = NationalIngest(
-            rt.national_store(),
-            rt.bus,
-            verifier=Verifier.from_env(),
-            archive_bucket=args.archive_bucket,
+        wiring = factories.Wiring.from_settings(settings, rt.bus, rt.store, rt.national_store())
+        ingest = factories.ingest(
+            wiring, verifier=Verifier.from_env(), archive_bucket=args.archive_bucket
         )
         rt.bus.consume("national.ingest", ingest.handle, stop=rt.stop, prefetch=settings.prefetch)
         return 0
@@ -405,9 +395,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _held(args: argparse.Namespace, settings: Settings) -> int:  # noqa: F821
     from collections import Counter
 
-    from . import layout
-    from .s3 import S3Store
-    from .store import get_json
+    from smartbox import layout
+    from smartbox.s3 import S3Store
+    from smartbox.store import get_json
 
     store = S3Store(settings.s3)
     reasons: Counter[tuple[str, str]] = Counter()

@@ -35,15 +35,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from .errors import ConfigError, NotFound, PermanentError, TransientError
-from .report_records import Records, read_received
-from .store import ObjectStore, get_json
-from .topology import WORK_QUEUES, Topology
+from smartbox.errors import ConfigError, NotFound, PermanentError, TransientError
+from smartbox.report_records import Records, read_received
+from smartbox.store import ObjectStore, get_json
+from smartbox.topology import WORK_QUEUES, Topology
 
 if TYPE_CHECKING:
     from consumers.export_state import ExportState
-
-    from .config import Settings
+    from smartbox.settings import Settings
 
 MAX_DAYS = 31
 
@@ -160,7 +159,7 @@ def trust_status(
                 out.in_deid += 1
             elif rec.get("synthetic"):
                 probes.add(r.batch_id)
-        from .layout import CLASSES
+        from smartbox.layout import CLASSES
 
         out.pending_export = sum(_count(state.queued(code, k)) for k in CLASSES)
         out.in_flight = _count(state.in_flight(code))
@@ -189,7 +188,7 @@ def queue_status(url: str, topology: Topology) -> list[QueueStatus]:
     import pika
     import pika.exceptions
 
-    from .rabbit import _CONN_ERRORS, _close, connection_parameters
+    from smartbox.rabbit import _CONN_ERRORS, _close, connection_parameters
 
     # pika logs a refused connection with a traceback and a missing queue (its channel
     # closed) as a warning: the operator gets one line from us instead
@@ -284,10 +283,10 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     """Run ``smartbox status``: 0, or 1 when RabbitMQ could not be reached (the trusts'
     numbers are still printed); ConfigError (exit 2) for operator mistakes."""
     from consumers.export_state import ExportState
+    from smartbox.s3 import S3Store
+    from smartbox.trusts import TRUST_CODE_RE
 
-    from .config import TRUST_CODE_RE
     from .preflight import trust_codes
-    from .s3 import S3Store
 
     if not 1 <= args.days <= MAX_DAYS:
         raise ConfigError(f"--days {args.days}: a number of days from 1 to {MAX_DAYS}")

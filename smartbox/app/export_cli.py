@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from smartbox.errors import ConfigError
 
 if TYPE_CHECKING:
-    from smartbox.config import Settings
+    from smartbox.settings import Settings
 
 
 class _Bar:
@@ -33,12 +33,12 @@ class _Bar:
 
 
 def export_command(args: argparse.Namespace, settings: Settings) -> int:
+    from consumers.export_policy import ExportPolicy
+    from consumers.exporter import Schedule, run_scheduler
     from smartbox import runtime
-    from smartbox.config import TrustRegistry
     from smartbox.signing import Signer
 
-    from .export_policy import ExportPolicy
-    from .exporter import Exporter, Schedule, run_scheduler
+    from . import factories
 
     schedule = Schedule(settings.export_schedule, settings.export_timezone)
     signer = Signer.from_env()
@@ -49,17 +49,8 @@ def export_command(args: argparse.Namespace, settings: Settings) -> int:
         metrics_port=None if args.now else args.metrics_port,
         **({"metrics_host": args.metrics_host} if getattr(args, "metrics_host", None) else {}),
     )
-    exporter = Exporter(
-        rt.store,
-        rt.national_store(),
-        rt.bus,
-        signer=signer,
-        policy=policy,
-        staging_bucket=settings.staging_bucket,
-        national_bucket=settings.national_bucket,
-        trusts=TrustRegistry(settings.trusts_dir),
-        quarantine_bucket=settings.quarantine_bucket,
-    )
+    wiring = factories.Wiring.from_settings(settings, rt.bus, rt.store, rt.national_store())
+    exporter = factories.exporter(wiring, signer=signer, policy=policy)
     if args.now:
         rt.store.ensure_bucket(settings.staging_bucket)
         bar = _Bar()
@@ -111,11 +102,10 @@ def _day(raw: str | None, default: date, flag: str) -> date:
 
 
 def reconcile_command(args: argparse.Namespace, settings: Settings) -> int:
+    from consumers.export_policy import ExportPolicy
+    from consumers.export_state import ExportState
+    from consumers.reconcile import reconcile, render
     from smartbox.s3 import S3Store
-
-    from .export_policy import ExportPolicy
-    from .export_state import ExportState
-    from .reconcile import reconcile, render
 
     policy = ExportPolicy.from_env()
     today = datetime.now(UTC).date()
@@ -134,12 +124,11 @@ def reconcile_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def withdraw_command(args: argparse.Namespace, settings: Settings) -> int:
-    from smartbox.config import load_trust
+    from consumers.withdraw import withdraw
+    from consumers.withdraw_resolve import resolve_patient
     from smartbox.keys import RegionalKey
     from smartbox.s3 import S3Store
-
-    from .withdraw import withdraw
-    from .withdraw_resolve import resolve_patient
+    from smartbox.trusts import load_trust
 
     trust = load_trust(settings.trusts_dir, args.trust)
     key = RegionalKey.from_env()
