@@ -22,6 +22,7 @@ import os
 import secrets
 import shutil
 import signal
+import ssl
 import sys
 import tempfile
 import threading
@@ -99,12 +100,19 @@ def _value(name: str, **labels: str) -> int:
 
 
 def send_study(
-    host: str, port: int, called_ae: str, datasets: list, calling_ae: str = CALLER
+    host: str,
+    port: int,
+    called_ae: str,
+    datasets: list,
+    calling_ae: str = CALLER,
+    tls: ssl.SSLContext | None = None,
 ) -> list[int]:
-    """Send datasets over one association; the C-STORE status of each (-1: no response)."""
+    """Send datasets over one association (DICOM TLS with `tls`); the C-STORE status of each
+    (-1: no response)."""
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate(host, port, ae_title=called_ae)
+    tls_args = (tls, host) if tls is not None else None
+    assoc = ae.associate(host, port, ae_title=called_ae, tls_args=tls_args)
     if not assoc.is_established:
         return [-1] * len(datasets)
     statuses = []

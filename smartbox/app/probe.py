@@ -26,10 +26,11 @@ from __future__ import annotations
 import argparse
 import random
 import re
+import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO
@@ -64,6 +65,47 @@ class Target:
     host: str
     calling_ae: str
     pseudo_uid: Callable[[str], str]  # original study UID -> the one staging will use
+    tls: ssl.SSLContext | None = None  # DICOM TLS, when the trust's receiver requires it
+
+
+#: the probe's own TLS material, when the receiver requires DICOM TLS (docs/operations.md)
+TLS_CA_ENV = "SMARTBOX_PROBE_TLS_CA_FILE"
+TLS_CERT_ENV = "SMARTBOX_PROBE_TLS_CERT_FILE"
+TLS_KEY_ENV = "SMARTBOX_PROBE_TLS_KEY_FILE"
+
+
+def tls_context(trust: TrustConfig, environ: Mapping[str, str] | None = None) -> ssl.SSLContext:
+    """The client side of the trust's DICOM TLS, as its PACS would connect: the receiver's
+    certificate verified (against ``SMARTBOX_PROBE_TLS_CA_FILE``, else the trust file's CA,
+    else the receiver's own certificate: self-signed), host name checked; a client
+    certificate (``SMARTBOX_PROBE_TLS_CERT_FILE`` and ``_KEY_FILE``) when the receiver verifies
+    its callers. ConfigError (one line, naming what to set) otherwise."""
+    from smartbox.settings import environment
+
+    assert trust.tls is not None
+    env = environment(environ)
+    code = trust.code
+    ca = env.get(TLS_CA_ENV, "").strip() or str(trust.tls.ca_file or trust.tls.cert_file)
+    cert, key = env.get(TLS_CERT_ENV, "").strip(), env.get(TLS_KEY_ENV, "").strip()
+    if trust.tls.verify_client and not (cert and key):
+        raise ConfigError(
+            f"{code}: the receiver verifies client certificates: set {TLS_CERT_ENV} and "
+            f"{TLS_KEY_ENV} to a certificate its CA signed"
+        )
+    if bool(cert) != bool(key):
+        raise ConfigError(f"{code}: set both {TLS_CERT_ENV} and {TLS_KEY_ENV}, or neither")
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{code}: CA file {ca} cannot be used: {exc}") from None
+    if cert:
+        try:
+            ctx.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"{TLS_CERT_ENV}/{TLS_KEY_ENV}: cannot be used: {exc.__class__.__name__}"
+            ) from None
+    return ctx
 
 
 def parse_every(text: str) -> float:
@@ -85,8 +127,7 @@ def target(settings: Settings, code: str, host: str | None) -> Target:
     from smartbox.trusts import load_trust
 
     trust = load_trust(settings.trusts_dir, code)
-    if trust.tls is not None:
-        raise ConfigError(f"{code}: the receiver requires DICOM TLS; the probe sends without it")
+    tls = tls_context(trust) if trust.tls is not None else None
     if not trust.allowed_callers:
         raise ConfigError(f"{code}: the trust file allows no calling AE title to send")
     engine = Deidentifier(RegionalKey.from_env(), PolicyBuilder.from_env().for_trust(trust))
@@ -97,6 +138,7 @@ def target(settings: Settings, code: str, host: str | None) -> Target:
         host or ("127.0.0.1" if listen in ("", "0.0.0.0", "::") else listen),  # noqa: S104
         trust.allowed_callers[0],
         (lambda uid: uid) if retain else engine.uid,
+        tls,
     )
 
 
@@ -136,7 +178,9 @@ def probe_once(
     n = len(study.datasets)
     deadline = time.monotonic() + timeout
     started = time.monotonic()
-    statuses = send_study(t.host, t.trust.port, t.trust.ae_title, study.datasets, t.calling_ae)
+    statuses = send_study(
+        t.host, t.trust.port, t.trust.ae_title, study.datasets, t.calling_ae, tls=t.tls
+    )
     if all(s == -1 for s in statuses):
         raise HopFailed(
             "store",

@@ -13,6 +13,7 @@ It carries counts only: no patient data, no original or pseudonymous UID, no obj
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -259,6 +260,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--from", dest="start", required=True, metavar="DATE", help="YYYY-MM-DD")
     p.add_argument("--to", dest="end", required=True, metavar="DATE", help="YYYY-MM-DD, inclusive")
     p.add_argument("--out", default=None, help="HTML file (default report-CODE-FROM-TO.html)")
+    p.add_argument(
+        "--pdf",
+        default=None,
+        metavar="FILE",
+        help="also print the report to a PDF (headless Chromium: the page exactly as a browser "
+        "shows it)",
+    )
+    p.add_argument(
+        "--browser",
+        default=None,
+        metavar="PATH",
+        help="Chromium or Chrome for --pdf (default: chromium, chromium-browser or "
+        "google-chrome on PATH)",
+    )
     p.add_argument("--timezone", default="Europe/London", help="whose days (default %(default)s)")
     p.add_argument(
         "--local-store",
@@ -308,7 +323,17 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         timezone=args.timezone,
     )
     out = Path(args.out or f"report-{code}-{start}-{end}.html")
+    browser = find_browser(args.browser) if args.pdf else None  # before any work is written
     write_report(report, out)
+    if args.pdf and browser:
+        from smartbox.errors import PermanentError
+
+        try:
+            print_pdf(browser, out, Path(args.pdf))
+        except PermanentError as exc:  # the HTML stands; one line, exit 1
+            print(f"report written to {out}\nsmartbox: {exc}", file=sys.stderr)
+            return 1
+        print(f"PDF written to {args.pdf}")
     t = report.totals
     print(
         f"{code}: {t.received_studies} studies / {t.received_instances} instances received, "
@@ -317,3 +342,53 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     )
     print(f"report written to {out}")
     return 0
+
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def find_browser(given: str | None) -> str:
+    """The browser that prints ``--pdf``; ConfigError naming what to install or pass."""
+    import shutil
+
+    if given:
+        found = shutil.which(given)
+        if not found:
+            raise ConfigError(f"--browser {given}: not found or not executable")
+        return found
+    for name in BROWSERS:
+        found = shutil.which(name)
+        if found:
+            return found
+    raise ConfigError(
+        "--pdf needs Chromium (apt-get install chromium) or Chrome, or --browser PATH"
+    )
+
+
+def print_pdf(browser: str, html: Path, pdf: Path, timeout: float = 120) -> None:
+    """Print `html` to `pdf` with headless Chromium (no network: the page is self-contained,
+    so nothing is fetched). Raises PermanentError when the browser fails."""
+    import subprocess
+    import tempfile
+
+    from smartbox.errors import PermanentError
+
+    pdf = pdf.resolve()
+    with tempfile.TemporaryDirectory(prefix="smartbox-pdf-") as profile:
+        cmd = [
+            browser,
+            "--headless",
+            "--no-sandbox",  # runs as the service user, often in a container
+            "--disable-gpu",
+            "--no-pdf-header-footer",
+            f"--user-data-dir={profile}",
+            f"--print-to-pdf={pdf}",
+            html.resolve().as_uri(),
+        ]
+        try:
+            done = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            why = exc.__class__.__name__
+            raise PermanentError(f"--pdf: the browser did not run: {why}") from None
+    if done.returncode != 0 or not pdf.is_file() or pdf.read_bytes()[:5] != b"%PDF-":
+        raise PermanentError(f"--pdf: {Path(browser).name} exited {done.returncode} without a PDF")

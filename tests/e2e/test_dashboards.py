@@ -44,6 +44,15 @@ GRAFANA_VARIABLES = {"__rate_interval": "5m", "__interval": "15s", "__range": "1
 #: alert -> (a part of its expression that must return data, why the alert itself is quiet)
 QUIET: dict[str, tuple[str, str]] = {
     "SmartboxReceiverDown": ('up{job="smartbox-receiver"}', "every receiver is up"),
+    "SmartboxProbeDown": ('up{job="smartbox-probe"}', "the canary runs"),
+    "SmartboxProbeFailing": (
+        "sum by (trust, hop) (increase(smartbox_probe_failures_total[1h]))",
+        "the probes pass (the failure series exist at zero from start-up)",
+    ),
+    "SmartboxProbeStale": (
+        "smartbox_probe_last_success_timestamp_seconds",
+        "the last probe passed seconds ago",
+    ),
     "SmartboxReceiverOutOfResources": (
         "sum by (trust, status) (increase(smartbox_cstore_status_total"
         '{status=~"(?i)(0x)?a7[0-9a-f]{2}"}[5m]))',
@@ -273,6 +282,8 @@ def test_every_panel_and_alert_returns_data(
         p.add_trust(code, extra="workers = 1\n")
     p.start_all()
     p.start("anonymiser-2", "anonymise")  # two anonymisers on one host, each scraped
+    # the canary, as deploy/systemd/smartbox-probe.service runs it (a shorter round)
+    p.start("probe", "probe", "--trust", "RTK", "--every", "10s", "--timeout", "60")
     local = "127.0.0.1:{}".format
     rabbit = [(local(broker.prometheus_port), {})]
     targets = {
@@ -284,6 +295,7 @@ def test_every_panel_and_alert_returns_data(
         ],
         "smartbox-exporter": [(local(p.procs["exporter"].metrics_port), {})],
         "smartbox-ingest": [(local(p.procs["ingest"].metrics_port), {})],
+        "smartbox-probe": [(local(p.procs["probe"].metrics_port), {})],
         "rabbitmq": rabbit,
         "rabbitmq-per-object": rabbit,
         "minio": [],  # the tests' S3 server is SeaweedFS: no panel or rule reads MinIO's series

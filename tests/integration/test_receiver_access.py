@@ -92,3 +92,35 @@ def test_tls_with_client_certificates(tmp_path: Path, pki, dcmtk: dict[str, str]
         assert result.returncode == 0, result.stderr
         assert r.metric("smartbox_instances_received_total") == 2
         assert r.metric("smartbox_associations_total", result="accepted") == 2
+
+
+def test_the_probe_sends_over_dicom_tls_as_a_pacs_would(tmp_path: Path, pki) -> None:
+    """``smartbox probe`` against a receiver that requires TLS and verifies its callers: with
+    the probe's client certificate every instance is stored; without one, one clear line."""
+    from smartbox.app.demo import send_study
+    from smartbox.app.probe import tls_context
+    from smartbox.errors import ConfigError
+    from smartbox.synthetic import make_probe_study
+
+    tls = TlsConfig(pki.server_cert, pki.server_key, pki.ca_cert, verify_client=True)
+    with local_receiver(tmp_path, tls=tls) as r:
+        env = {
+            "SMARTBOX_PROBE_TLS_CERT_FILE": str(pki.client_cert),
+            "SMARTBOX_PROBE_TLS_KEY_FILE": str(pki.client_key),
+        }
+        study = make_probe_study(7)
+        statuses = send_study(
+            r.host, r.port, r.trust.ae_title, study.datasets, CALLER, tls=tls_context(r.trust, env)
+        )
+        assert statuses == [0] * len(study.datasets)
+        n = len(study.datasets)  # counted as probe instances, not as the trust's
+        assert r.metric("smartbox_probe_instances_received_total") == n
+        with pytest.raises(ConfigError, match="SMARTBOX_PROBE_TLS_CERT_FILE") as err:
+            tls_context(r.trust, {})
+        assert "\n" not in str(err.value)
+        # the CA is the trust file's: a receiver certificate it did not sign is refused
+        other = make_pki(tmp_path / "other")
+        ctx = tls_context(r.trust, {**env, "SMARTBOX_PROBE_TLS_CA_FILE": str(other.ca_cert)})
+        assert send_study(
+            r.host, r.port, r.trust.ae_title, study.datasets[:1], CALLER, tls=ctx
+        ) == [-1]

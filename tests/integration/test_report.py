@@ -167,15 +167,20 @@ def test_report_in_a_real_browser(history: tuple[LocalPipeline, set[str]], tmp_p
             str(out),
             "--local-store",
             str(p.root / "objects"),
+            "--pdf",
+            str(tmp_path / "report.pdf"),
         ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
         cwd=ROOT,
         env={**os.environ, "SMARTBOX_TRUSTS_DIR": str(p.root / "trusts")},
     )
     assert cli.returncode == 0, cli.stderr
     assert "4 studies / 18 instances received, 16 de-identified, 2 held back" in cli.stdout
+    pdf = (tmp_path / "report.pdf").read_bytes()  # printed by headless Chromium
+    assert pdf[:5] == b"%PDF-" and b"%%EOF" in pdf[-64:] and len(pdf) > 20_000
+    assert len(re.findall(rb"/Type\s*/Page[^s]", pdf)) >= 2  # the whole page, not a blank
     html = out.read_text(encoding="utf-8")
     assert f"Test Trust {p.code}" in html
     assert not re.search(r"<script|<link|<img|@import|url\(", html, re.I), "not self-contained"
@@ -238,6 +243,11 @@ SPAN = ["--from", "2025-03-01", "--to", "2025-03-02"]
         (
             ["--trust", "ZZY", *SPAN, "--local-store", "{empty}", "--out", "/proc/r.html"],
             "cannot be written",
+        ),
+        (
+            ["--trust", "ZZY", *SPAN, "--local-store", "{empty}", "--pdf", "r.pdf"]
+            + ["--browser", "/no/such/chromium"],
+            "--browser",
         ),
     ],
 )

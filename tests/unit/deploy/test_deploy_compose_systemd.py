@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[3]
 COMPOSE = ROOT / "deploy" / "compose"
 SYSTEMD = ROOT / "deploy" / "systemd"
 PROM_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
-SUBCOMMANDS = {"receive", "anonymise", "export", "ingest"}
+SUBCOMMANDS = {"receive", "anonymise", "export", "ingest", "probe"}
 
 
 def _yaml():  # type: ignore[no-untyped-def]
@@ -93,6 +93,7 @@ UNITS = {
     "smartbox-anonymiser@.service": "anonymise",
     "smartbox-exporter.service": "export",
     "smartbox-ingest.service": "ingest",
+    "smartbox-probe.service": "probe --every 15m $PROBE_TRUSTS",
 }
 
 
@@ -121,7 +122,7 @@ def test_receiver_spool_is_writable_and_per_trust() -> None:
 
 def test_metrics_ports_match_prometheus() -> None:
     text = PROM_CONFIG.read_text()
-    for name, port in (("exporter", 9102), ("ingest", 9103)):
+    for name, port in (("exporter", 9102), ("ingest", 9103), ("probe", 9104)):
         env = dict(
             v.split("=", 1) for v in _unit(SYSTEMD / f"smartbox-{name}.service")["Environment"]
         )
