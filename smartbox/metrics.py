@@ -7,6 +7,8 @@ the tests there parse this module, so a rename breaks them loudly.
 
 from __future__ import annotations
 
+import logging
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +25,8 @@ from prometheus_client import (
 )
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # --- receiver -------------------------------------------------------------------------------
 ASSOCIATIONS = Counter(
@@ -355,6 +359,19 @@ def _handler_for(health: HealthState, registry: CollectorRegistry) -> type[BaseH
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    """``ThreadingHTTPServer`` whose request errors are one log line, not a traceback on
+    stderr (``socketserver``'s default): a scraper or probe that gave up and closed its
+    connection before the answer was written (BrokenPipe, reset) is routine under load."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            log.debug("metrics: client went away: %s", exc.__class__.__name__)
+            return
+        log.warning("metrics: request failed: %s", exc.__class__.__name__)
+
+
 class MetricsServer:
     """Serves /metrics, /healthz and /readyz on a background thread."""
 
@@ -367,7 +384,7 @@ class MetricsServer:
     ) -> None:
         self.health = health or HealthState()
         try:
-            self._server = ThreadingHTTPServer((host, port), _handler_for(self.health, registry))
+            self._server = _Server((host, port), _handler_for(self.health, registry))
         except OSError as exc:  # in use, or an address this host does not have
             raise ConfigError(
                 f"--metrics-port {port}: cannot listen on {host}:{port} ({exc.strerror}): "

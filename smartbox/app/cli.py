@@ -18,7 +18,7 @@ from smartbox import __version__
 from smartbox.errors import ConfigError, TransientError
 
 if TYPE_CHECKING:
-    from smartbox.settings import Settings
+    pass
 
 log = logging.getLogger("smartbox")
 
@@ -232,9 +232,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from smartbox.keys import RegionalKey
     from smartbox.settings import Settings
-    from smartbox.trusts import load_trust
 
     if args.command == "demo":
         from .demo import run_demo
@@ -265,8 +263,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         from . import dlq_cli
 
         return dlq_cli.main(args, settings)
-    if args.command == "held":
-        return _held(args, settings)
     if args.command == "rotate-key":
         from consumers.rotation import rotate_key_command
 
@@ -292,132 +288,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         from . import probe
 
         return probe.main(args, settings)
-    if args.command == "purge-quarantine":
-        from consumers.export_policy import ExportPolicy
-        from smartbox.retention import purge_quarantine
-        from smartbox.s3 import S3Store
+    if args.command in ("purge-quarantine", "held"):
+        from . import maintenance
 
-        report = purge_quarantine(
-            S3Store(settings.s3),
-            quarantine=settings.quarantine_bucket,
-            staging=settings.staging_bucket,
-            older_than_seconds=args.older_than_days * 86400,
-            alert_seconds=ExportPolicy.from_env().quarantine_alert_seconds,  # as the alert's
-            dry_run=args.dry_run,
-        )
-        verb = "would purge" if args.dry_run else "purged"
-        print(f"{verb} {report.purged_batches} batches ({report.purged_objects} objects)")
-        for batch_key in report.unprocessed_old:
-            print(f"not processed, past retention (kept): {batch_key}", file=sys.stderr)
-        if args.staging_grace_days is not None and not args.dry_run:
-            from smartbox.retention import purge_staging
+        return maintenance.main(args, settings)
+    from . import daemons
 
-            n = purge_staging(
-                S3Store(settings.s3),
-                staging=settings.staging_bucket,
-                grace_seconds=args.staging_grace_days * 86400,
-            )
-            print(f"purged {n} staged objects of studies acknowledged nationally")
-        return 0
-
-    from smartbox import runtime
-
-    from . import factories
-
-    if args.command == "receive":
-        from producers.receiver import intake_key
-
-        trust = load_trust(settings.trusts_dir, args.trust)
-        # the receiver's ids are keyed by its own key, which a pseudonym-key rotation leaves
-        # alone: a study re-sent after a rotation is still found in the ledger
-        key = intake_key.load(settings.spool_dir / trust.code, RegionalKey.from_env)
-        rt = runtime.start(f"receiver-{trust.code}", settings, metrics_port=None)
-        # the metrics port is bound first (one in use stops us before anything opens) but
-        # served after the DICOM port: /healthz answering means the receiver takes C-STORE
-        server = None
-        if args.metrics_port is not None:
-            server = runtime.bind_metrics(rt, args.metrics_port, args.metrics_host)
-        service = factories.receiver(
-            factories.Wiring.from_settings(settings, rt.bus, rt.store, key=key), trust
-        )
-        service.start(rt.stop)
-        if server is not None:
-            server.start()
-            server.health.add_check("relay", lambda: service.relay.healthy)
-            server.health.add_check("scp", service.scp_alive)
-        rt.stop.wait()
-        service.stop()
-        if server:
-            server.stop()
-        return 0
-
-    if args.command == "anonymise":
-        rt = runtime.start(
-            "anonymiser",
-            settings,
-            metrics_port=args.metrics_port,
-            metrics_host=args.metrics_host,
-        )
-        rt.bus.declare()
-        # key, trust files and policy builder as check-config checked them (require above)
-        wiring = factories.Wiring.from_settings(settings, rt.bus, rt.store)
-        anonymiser = factories.anonymiser(wiring)
-        rt.bus.consume(
-            "anonymiser",
-            anonymiser.handle,
-            stop=rt.stop,
-            prefetch=args.prefetch or settings.prefetch,
-        )
-        return 0
-
-    if args.command == "export":
-        from smartbox.app.export_cli import export_command
-
-        return export_command(args, settings)
-
-    if args.command == "ingest":
-        rt = runtime.start(
-            "ingest", settings, metrics_port=args.metrics_port, metrics_host=args.metrics_host
-        )
-        rt.bus.declare()
-        from smartbox.signing import Verifier
-
-        wiring = factories.Wiring.from_settings(settings, rt.bus, rt.store, rt.national_store())
-        ingest = factories.ingest(
-            wiring, verifier=Verifier.from_env(), archive_bucket=args.archive_bucket
-        )
-        rt.bus.consume("national.ingest", ingest.handle, stop=rt.stop, prefetch=settings.prefetch)
-        return 0
-
-    raise AssertionError(args.command)
-
-
-def _held(args: argparse.Namespace, settings: Settings) -> int:  # noqa: F821
-    from collections import Counter
-
-    from smartbox import layout
-    from smartbox.s3 import S3Store
-    from smartbox.store import get_json
-
-    store = S3Store(settings.s3)
-    reasons: Counter[tuple[str, str]] = Counter()
-    prefix = f"{args.trust}/" if args.trust else ""
-    for key in store.list_keys(settings.staging_bucket, prefix):
-        if not layout.is_study_manifest_key(key):
-            continue
-        manifest = get_json(store, settings.staging_bucket, key)
-        for item in manifest.get("held_back", []):
-            reasons[(manifest["trust"], item["reason"])] += 1
-            detail = f" ({item['detail']})" if item.get("detail") else ""
-            print(
-                f"{manifest['trust']}  {manifest['study_uid']}  {item['source']}  "
-                f"{item['reason']}{detail}"
-            )
-    for (trust, reason), n in sorted(reasons.items()):
-        print(f"total {trust} {reason}: {n}")
-    if not reasons:
-        print("nothing held back")
-    return 0
+    return daemons.run(args, settings)
 
 
 if __name__ == "__main__":

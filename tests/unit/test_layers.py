@@ -84,7 +84,7 @@ def test_stages_and_contracts_never_import_the_app_layer(top: str) -> None:
 
 def test_the_rule_sees_lazy_and_relative_imports(tmp_path: Path) -> None:
     """The checker itself: a function-level relative import of a stage is found."""
-    path = ROOT / "smartbox" / "app" / "cli.py"
+    path = ROOT / "smartbox" / "app" / "daemons.py"
     found = imports(path)
     assert "smartbox.app.factories" in found  # ``from . import factories`` inside a function
     assert any(within(m, "producers") for m in found)  # ``from producers.receiver import ...``
@@ -93,7 +93,7 @@ def test_the_rule_sees_lazy_and_relative_imports(tmp_path: Path) -> None:
 def test_the_command_and_the_demo_build_services_through_the_same_factories() -> None:
     """No service of a stage is constructed in the command or the demo: only factories do."""
     constructors = {"ReceiverService", "Anonymiser", "Exporter", "NationalIngest"}
-    for name in ("cli", "demo", "export_cli", "probe"):
+    for name in ("cli", "daemons", "demo", "export_cli", "probe", "maintenance"):
         tree = ast.parse((ROOT / "smartbox" / "app" / f"{name}.py").read_text(encoding="utf-8"))
         called = {
             n.func.id if isinstance(n.func, ast.Name) else getattr(n.func, "attr", "")

@@ -56,3 +56,33 @@ def test_every_process_takes_the_address_from_env_or_flag(
     assert build_parser().parse_args(argv).metrics_host == "10.1.2.3"
     args = build_parser().parse_args([*argv, "--metrics-host", "0.0.0.0"])  # noqa: S104
     assert args.metrics_host == "0.0.0.0"  # noqa: S104
+
+
+def test_a_client_that_went_away_is_one_debug_line_not_a_traceback(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """socketserver prints a traceback to stderr for any request error; a scraper closing its
+    connection early (BrokenPipe under load) must not put one in the process's log."""
+    import logging
+
+    from smartbox.metrics import MetricsServer
+
+    server = MetricsServer("127.0.0.1", 0).start()
+    try:
+        caplog.set_level(logging.DEBUG, logger="smartbox.metrics")
+        for exc in (BrokenPipeError(32, "Broken pipe"), ConnectionResetError(104, "reset")):
+            try:
+                raise exc
+            except OSError:
+                server._server.handle_error(None, ("127.0.0.1", 1))
+        try:
+            raise ValueError("unexpected")
+        except ValueError:
+            server._server.handle_error(None, ("127.0.0.1", 1))
+    finally:
+        server.stop()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "----" not in err, err
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count("metrics: client went away: BrokenPipeError") == 1
+    assert "metrics: request failed: ValueError" in messages
