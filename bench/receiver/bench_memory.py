@@ -90,11 +90,12 @@ def metric(port: int, name: str) -> float:
     return 0.0
 
 
-def wait_http(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
+def wait_http(port: int, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"a receiver exited with {proc.returncode}")
+            tail = log.read_text(errors="replace")[-800:]
+            raise RuntimeError(f"a receiver exited with {proc.returncode}: {tail}")
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).close()
             return
@@ -131,8 +132,8 @@ def run(workers: str, n_trusts: int, files: list[Path], s3, work: Path) -> dict[
                 [*cmd, "--metrics-port", str(mport)], env=env, stdout=log, stderr=log, cwd=ROOT
             )
             procs.append((code, port, mport, popen))
-        for _code, _port, mport, popen in procs:
-            wait_http(mport, popen)
+        for code, _port, mport, popen in procs:
+            wait_http(mport, popen, root / f"{code}.log")
         for code, port, _mport, _popen in procs:
             result = subprocess.run(
                 ["/usr/bin/storescu", "-aet", f"{code}_PACS", "-aec", f"SMARTBOX_{code}"]

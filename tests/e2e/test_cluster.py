@@ -57,6 +57,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]
     finally:
         c.stop()
     assert not c.directory.exists()
+    assert c.vm_pids and not [pid for pid in c.vm_pids if Path(f"/proc/{pid}").exists()]
 
 
 def studies(tmp_path: Path, first_seed: int, count: int) -> list[Path]:

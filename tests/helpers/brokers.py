@@ -170,6 +170,7 @@ class RabbitCluster:
     directory: Path
     size: int = 3
     nodes: list[DedicatedRabbitMQ] = field(default_factory=list)
+    vm_pids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         tag = uuid.uuid4().hex[:6]
@@ -193,6 +194,8 @@ class RabbitCluster:
                 if result.returncode != 0:
                     raise RuntimeError(f"{node.node} {args[0]}: {result.stderr[-500:]}")
             node.wait_amqp(timeout)
+        #: every Erlang VM this cluster started (a fixture checks none outlives ``stop``)
+        self.vm_pids = [n.beam_pid() for n in self.nodes]
         running = self.running_nodes(first)
         if sorted(running) != sorted(n.node for n in self.nodes):
             raise RuntimeError(f"cluster did not form: {running}")
