@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ from tenacity import Retrying, retry_if_exception_type, wait_exponential, wait_r
 
 import schemas
 
-from . import metrics
+from . import metrics, validate
 from .bus import Handler, Outcome, encode, handle_delivery
 from .errors import ConfigError, TransientError
 from .topology import WORK_QUEUES, Topology, bindings, routing_key
@@ -34,14 +35,25 @@ log = logging.getLogger(__name__)
 _CONN_ERRORS = (pex.AMQPConnectionError, pex.AMQPChannelError, pex.StreamLostError, OSError)
 
 
-def connection_parameters(url: str, *, heartbeat: int = 30) -> pika.URLParameters:
-    params = pika.URLParameters(url)
-    params.heartbeat = heartbeat
-    params.blocked_connection_timeout = 120
-    params.connection_attempts = 1
-    params.socket_timeout = 10
-    params.client_properties = {"connection_name": f"smartbox {threading.current_thread().name}"}
-    return params
+def connection_parameters(
+    url: str, *, heartbeat: int = 30, client: str = "smartbox"
+) -> list[pika.URLParameters]:
+    """pika's parameters for ``url``: one broker URL or several separated by commas (the nodes
+    of a cluster). pika tries them in the order given, once each, and connects to the first
+    that answers, so a client whose node died reconnects to a surviving one. The connection
+    is named after the client, its process id and thread (``rabbitmqctl list_connections
+    user_provided_name`` tells which process holds which connection, on which node)."""
+    name = f"{client} pid={os.getpid()} {threading.current_thread().name}"
+    out = []
+    for one in validate.broker_urls(url):
+        params = pika.URLParameters(one)
+        params.heartbeat = heartbeat
+        params.blocked_connection_timeout = 120
+        params.connection_attempts = 1
+        params.socket_timeout = 10
+        params.client_properties = {"connection_name": name}
+        out.append(params)
+    return out
 
 
 class RabbitBus:
@@ -54,9 +66,11 @@ class RabbitBus:
         *,
         validate_on_publish: bool = True,
         heartbeat: int = 30,
+        client: str = "smartbox",
     ) -> None:
         self.url = url
         self.heartbeat = heartbeat
+        self.client = client
         self.topology = topology or Topology()
         self.validate_on_publish = validate_on_publish
         self._local = threading.local()
@@ -66,7 +80,7 @@ class RabbitBus:
     def _connect(self) -> pika.BlockingConnection:
         try:
             return pika.BlockingConnection(
-                connection_parameters(self.url, heartbeat=self.heartbeat)
+                connection_parameters(self.url, heartbeat=self.heartbeat, client=self.client)
             )
         except _CONN_ERRORS as exc:
             raise TransientError(f"RabbitMQ unavailable ({type(exc).__name__})") from exc

@@ -50,7 +50,7 @@ def start(
 ) -> Runtime:
     """Build the production adapters and serve /metrics (port None: no metrics server)."""
     metrics.BUILD.info({"version": __version__, "role": role})
-    bus = RabbitBus(settings.amqp_url, Topology(settings.namespace))
+    bus = RabbitBus(settings.amqp_url, Topology(settings.namespace), client=f"smartbox {role}")
     store = S3Store(settings.s3)
     stop = threading.Event()
     rt = Runtime(settings, bus, store, stop, None)

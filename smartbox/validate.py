@@ -19,10 +19,27 @@ from .errors import ConfigError
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
+def broker_urls(value: str) -> list[str]:
+    """The broker URLs in ``SMARTBOX_AMQP_URL``: one, or several separated by commas (the
+    nodes of a RabbitMQ cluster, tried in the order given). A comma inside a password is
+    written ``%2C``, as any URL would need."""
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
 def amqp_url(source: str, value: str) -> str:
-    """A broker URL ``amqp[s]://USER:PASSWORD@HOST:PORT/VHOST``."""
+    """A broker URL ``amqp[s]://USER:PASSWORD@HOST:PORT/VHOST``, or several separated by
+    commas (a cluster); each is checked and the one at fault named by its position."""
+    urls = broker_urls(value)
+    if not urls:
+        raise ConfigError(f"{source}: empty; expected amqp://USER:PASSWORD@HOST:PORT/VHOST")
+    for n, url in enumerate(urls, 1):
+        _one_amqp_url(f"{source} (URL {n} of {len(urls)})" if len(urls) > 1 else source, url)
+    return ",".join(urls)
+
+
+def _one_amqp_url(source: str, value: str) -> None:
     shape = "expected amqp://USER:PASSWORD@HOST:PORT/VHOST (or amqps://)"
-    parts = urlsplit(value.strip())
+    parts = urlsplit(value)
     if parts.scheme not in ("amqp", "amqps"):
         raise ConfigError(f"{source}: {shape}")
     try:
@@ -34,10 +51,9 @@ def amqp_url(source: str, value: str) -> str:
     import pika
 
     try:
-        pika.URLParameters(value.strip())
+        pika.URLParameters(value)
     except Exception:  # noqa: BLE001 - pika raises ValueError, TypeError, KeyError alike
         raise ConfigError(f"{source}: the broker client cannot use it (query options?)") from None
-    return value.strip()
 
 
 def s3_endpoint(source: str, value: str, secure_variable: str) -> str:

@@ -23,7 +23,7 @@ from smartbox.trusts import TrustConfig
 from .relay import Relay
 from .scp import StoreSCP
 from .spool import Spool
-from .workers import WorkerPool, default_workers
+from .workers import WorkerPool, default_workers, trusts_on_host
 
 log = logging.getLogger(__name__)
 BACKLOG = 128
@@ -49,7 +49,8 @@ class ReceiverService:
     """Owns one trust's SCP, spool and relay. ``start`` returns the bound (host, port).
 
     ``workers``: SCP processes sharing the port (default: the trust file's ``workers``, else
-    one per CPU up to 4); 0 runs the SCP on threads of this process (tests, tools).
+    ``default_workers``: the CPUs shared among the trusts of this host, up to 4); 0 runs the
+    SCP on threads of this process.
     """
 
     def __init__(
@@ -68,7 +69,10 @@ class ReceiverService:
         self.key = key
         self.spool = Spool(spool_dir / trust.code)
         if workers is None:
-            workers = trust.workers if trust.workers is not None else default_workers()
+            if trust.workers is not None:
+                workers = trust.workers
+            else:
+                workers = default_workers(trusts_on_host(trust))
         self.workers = workers
         self.relay = Relay(
             trust, self.spool, store, bus, quarantine_bucket, poll_seconds=poll_seconds

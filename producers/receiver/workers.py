@@ -74,8 +74,27 @@ def counter_snapshot() -> Snapshot:
     return out
 
 
-def default_workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+def default_workers(trusts_on_host: int = 1, cpus: int | None = None) -> int:
+    """SCP worker processes of a receiver whose trust file does not set ``workers``: the
+    host's CPUs shared among the trusts whose files are here, at most 4 each, and 0 (the SCP
+    on threads of the receiver process) when there are more trusts than CPUs.
+
+    Every worker is a process of its own (~60 MiB RSS, measured by
+    ``bench/receiver/bench_memory.py``) beside the receiver's (~80 MiB): one per CPU per
+    trust gave 13 trusts on 4 cores 65 processes; many trusts on few cores gain nothing from
+    more SCP processes than cores, while one trust alone on a host keeps a process per core.
+    """
+    cpus = cpus or os.cpu_count() or 1
+    return min(4, cpus // max(1, trusts_on_host))
+
+
+def trusts_on_host(trust: TrustConfig) -> int:
+    """How many trust files sit beside this one (``SMARTBOX_TRUSTS_DIR``): the receivers
+    this host runs, for ``default_workers``."""
+    try:
+        return max(1, sum(1 for _ in trust.source_file.parent.glob("*.toml")))
+    except OSError:
+        return 1
 
 
 class _Worker:

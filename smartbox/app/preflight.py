@@ -8,7 +8,7 @@ policy, the export signing key and policy, the national verification key). So wh
 stop a process at start, check-config reports first, and both report every problem found, one
 line each, never only the first.
 
-This sits beside ``smartbox.cli`` in the composition root: it asks the stages for their own
+This sits beside ``smartbox.app.cli`` in the composition root: it asks the stages for their own
 settings (``consumers.export_policy``, ``consumers.deid.policy``) and vocabularies (held-back
 reasons, C-STORE statuses).
 """

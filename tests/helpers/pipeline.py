@@ -222,7 +222,9 @@ class Pipeline:
     def queue_messages(self, role: str, dlq: bool = False) -> list[dict]:
         """Drain a queue of this namespace (basic_get + ack) and return its messages."""
         queue = f"{self.namespace}.{role}" + (".dlq" if dlq else "")
-        conn = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
+        from smartbox.rabbit import connection_parameters  # one URL or a cluster's several
+
+        conn = pika.BlockingConnection(connection_parameters(self.amqp_url))
         ch = conn.channel()
         out = []
         while True:

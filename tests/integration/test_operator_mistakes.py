@@ -126,6 +126,11 @@ CHECK_CONFIG = {
     ),
     "bad broker URL": ({"SMARTBOX_AMQP_URL": "http://rabbit:5672"}, "", ("SMARTBOX_AMQP_URL",)),
     "broker port": ({"SMARTBOX_AMQP_URL": "amqp://u:p@rabbit:56x2/"}, "", ("SMARTBOX_AMQP_URL",)),
+    "cluster broker URL": (
+        {"SMARTBOX_AMQP_URL": "amqp://u:p@rabbit1:5672/,amqp://u:p@rabbit2:56x2/"},
+        "",
+        ("SMARTBOX_AMQP_URL", "URL 2 of 2"),
+    ),
     "S3 scheme": (
         {"SMARTBOX_S3_ENDPOINT": "http://minio:9000"},
         "",

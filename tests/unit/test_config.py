@@ -144,3 +144,31 @@ def test_registry_reloads_a_changed_or_new_trust_file(tmp_path: Path) -> None:
     path.write_text(explicit.replace("quiet_seconds = 30", "quiet_seconds = 90"))
     os.utime(path, (1, 1))
     assert registry.get("RGT").quiet_seconds == 90  # a changed file is re-read
+
+
+def test_several_broker_urls_are_a_cluster_each_checked() -> None:
+    """``SMARTBOX_AMQP_URL`` may list the nodes of a cluster, comma-separated; pika gets one
+    parameter set per node, in order; a bad one is named by position, never echoed."""
+    from smartbox.rabbit import connection_parameters
+
+    urls = "amqp://u:pw1@node1:5672/%2F, amqp://u:pw1@node2:5673/%2F,amqp://u:pw1@node3:5674/%2F"
+    s = Settings.from_env({"SMARTBOX_AMQP_URL": urls})
+    params = connection_parameters(s.amqp_url, client="smartbox test")
+    assert [(p.host, p.port) for p in params] == [("node1", 5672), ("node2", 5673), ("node3", 5674)]
+    assert all(p.connection_attempts == 1 for p in params)
+    assert all(
+        p.client_properties["connection_name"].startswith("smartbox test pid=") for p in params
+    )
+    one = Settings.from_env({"SMARTBOX_AMQP_URL": "amqp://u:pw1@node1:5672/%2F"})
+    assert [p.host for p in connection_parameters(one.amqp_url)] == ["node1"]
+
+    for bad, where in (
+        ("amqp://u:pw1@node1:5672/%2F,amqp://u:pw1@node2:56x2/%2F", "URL 2 of 2"),
+        ("amqp://u:pw1@node1:5672/%2F,http://u:pw1@node2/", "URL 2 of 2"),
+        (" , ", "empty"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            Settings.from_env({"SMARTBOX_AMQP_URL": bad})
+        message = str(info.value)
+        assert "SMARTBOX_AMQP_URL" in message and where in message, message
+        assert "\n" not in message and "pw1" not in message

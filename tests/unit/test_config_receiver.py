@@ -69,3 +69,18 @@ def test_bad_receiver_field_is_named(tmp_path: Path, extra: str, field: str) -> 
         load(tmp_path, extra + "\n")
     assert str(tmp_path / "RTK.toml") in str(err.value)
     assert f"'{field}'" in str(err.value)
+
+
+def test_default_workers_share_the_cpus_among_the_trusts_of_the_host(tmp_path: Path) -> None:
+    """13 trusts on 2-4 cores: one process each (the SCP on the receiver's threads), not the
+    1 + min(4, cores) of before (65 processes on 4 cores); a trust alone keeps one per core."""
+    from producers.receiver.workers import default_workers, trusts_on_host
+
+    assert [default_workers(13, cpus) for cpus in (2, 4, 8)] == [0, 0, 0]
+    assert [default_workers(1, cpus) for cpus in (1, 2, 4, 16)] == [1, 2, 4, 4]
+    assert [default_workers(2, 4), default_workers(3, 4), default_workers(5, 4)] == [2, 1, 0]
+    trust = load(tmp_path)
+    assert trusts_on_host(trust) == 1
+    for i in range(12):
+        (tmp_path / f"RX{i:02d}.toml").write_text(BASE)
+    assert trusts_on_host(trust) == 13
