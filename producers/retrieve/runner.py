@@ -225,6 +225,14 @@ class CohortRunner:
                 if not missing:
                     self._done(study, 0)
                     return
+                log.info(
+                    "%s: cohort %s study %s: resuming, %d of %d instances to move",
+                    self.trust,
+                    study.cohort_id,
+                    study.study_pseudonym,
+                    len(missing),
+                    len(sops),
+                )
             expected = len(missing) if missing is not None else (study.instances or 1)
             self._take(peer.instances, expected, "instances")
             self.state.start_move(study)

@@ -26,6 +26,9 @@ class Relay:
     #: monotonic times of the command sets sent by the connecting side / the listening side
     requests: list[float] = field(default_factory=list)
     responses: list[float] = field(default_factory=list)
+    #: seconds to hold each command set the listening side sends (a slow receiver: a move
+    #: then takes long enough to be interrupted in the middle)
+    response_delay: float = 0.0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -60,12 +63,17 @@ class Relay:
                 target=self._pipe, args=(upstream, client, self.responses, done), daemon=True
             ).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, seen: list[float], done: threading.Event) -> None:
+    def _pipe(
+        self, src: socket.socket, dst: socket.socket, seen: list[float], done: threading.Event
+    ) -> None:
         buf = b""
         try:
             while chunk := src.recv(65536):
-                dst.sendall(chunk)
+                before = len(seen)
                 buf = self._count(buf + chunk, seen)
+                if self.response_delay and seen is self.responses and len(seen) > before:
+                    time.sleep(self.response_delay * (len(seen) - before))
+                dst.sendall(chunk)
         except OSError:
             pass
         finally:

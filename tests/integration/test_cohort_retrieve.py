@@ -111,7 +111,7 @@ def test_a_cohort_is_retrieved_exactly_once_gently_and_across_restarts(
     ]
     # the receiver, behind a relay that counts what the archive sends it
     p.add_trust(CODE, quiet_seconds=1)
-    receiver_relay = Relay(("127.0.0.1", p.trusts[CODE]))
+    receiver_relay = Relay(("127.0.0.1", p.trusts[CODE]), response_delay=0.25)
     orthanc = Orthanc(
         tmp_path / "orthanc",
         f"{CODE}_PACS",
@@ -149,12 +149,22 @@ def test_a_cohort_is_retrieved_exactly_once_gently_and_across_restarts(
 
         p.start("cohort", "cohort", "run", "--trust", CODE)
         expected = PER_STUDY * len(wanted)
-        wait_for(lambda: len(receiver_relay.responses) >= PER_STUDY, 120, "a first study")
-        assert len(receiver_relay.responses) < expected, "the run ended before the restarts"
-        orthanc.stop()  # the archive goes away mid-run ...
-        p.kill("cohort")  # ... and the cohort process dies with it (SIGKILL)
+
+        def in_the_middle_of_a_study(after: int) -> bool:
+            n = len(receiver_relay.responses)
+            return n > after and 2 <= n % PER_STUDY <= PER_STUDY - 2
+
+        wait_for(lambda: in_the_middle_of_a_study(0), 120, "a move under way")
+        p.kill("cohort")  # SIGKILL in the middle of a move ...
+        orthanc.stop()  # ... and the archive restarted
         orthanc.start()
+        interrupted = len(receiver_relay.responses)
+        assert interrupted < expected, "the run ended before the restarts"
         p.start("cohort", "cohort", "run", "--trust", CODE)
+        # the archive restarted again under a running cohort process, mid-move
+        wait_for(lambda: in_the_middle_of_a_study(interrupted + 2), 120, "another move")
+        orthanc.stop()
+        orthanc.start()
 
         wait_for(lambda: _status(p, cohort_id)["done"], 240, "the cohort to finish", 1)
         names = Pseudonymiser(RegionalKey.from_env({"SMARTBOX_PSEUDONYM_KEY": KEY}), CODE, 1)
@@ -201,6 +211,10 @@ def test_a_cohort_is_retrieved_exactly_once_gently_and_across_restarts(
     out = json.loads(report.stdout)
     not_found = names.patient(nhs[3], None)[0]
     assert out["patients_not_found"] == [not_found]
+    resumed = "".join(p.log_text(n) for n in ["cohort"]) + "".join(
+        f.read_text() for f in p.root.glob("cohort.*.log")
+    )
+    assert "resuming" in resumed, "no move was interrupted: the test did not test resumption"
     assert len(out["patients_found"]) == 3
     assert {s["study"] for s in out["studies"] if s["state"] == "retrieved"} == expected_staged
     assert all(s["instances_staged"] == PER_STUDY for s in out["studies"] if "instances_staged" in s)
