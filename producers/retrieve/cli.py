@@ -30,8 +30,11 @@ def add_parser(sub: Any) -> None:
     csub = p.add_subparsers(dest="cohort_command", metavar="ACTION", required=True)
     s = csub.add_parser("submit", help="validate a cohort file and queue it for retrieval")
     s.add_argument("--trust", required=True, help="trust code (its [retrieve] table)")
-    s.add_argument("file", help="CSV: nhs_number|patient_id, date_from, date_to[, modalities, "
-                   "body_parts] (docs/retrieve.md)")
+    s.add_argument(
+        "file",
+        help="CSV: nhs_number|patient_id, date_from, date_to[, modalities, "
+        "body_parts] (docs/retrieve.md)",
+    )
     s.add_argument(
         "--accept-valid",
         action="store_true",

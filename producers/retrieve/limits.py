@@ -17,6 +17,8 @@ import threading
 import time
 from collections.abc import Callable
 
+_EPSILON = 1e-9
+
 
 class TokenBucket:
     """Thread-safe token bucket; ``clock`` and ``sleep`` injectable for tests."""
@@ -50,14 +52,14 @@ class TokenBucket:
         with self._lock:
             self._refill()
             need = min(n, self.capacity)
-            return max(0.0, (need - self._tokens) / self.rate)
+            return max(0.0, (need - self._tokens - _EPSILON) / self.rate)
 
     def try_take(self, n: float) -> float:
         """Take ``n`` tokens if they are there (0.0 returned), else the seconds to wait."""
         with self._lock:
             self._refill()
             need = min(n, self.capacity)
-            if self._tokens >= need:
+            if self._tokens + _EPSILON >= need:  # float rounding must not wait for ever
                 self._tokens -= n  # may go negative: a study bigger than the bucket is debt
                 return 0.0
             return (need - self._tokens) / self.rate

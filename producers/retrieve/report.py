@@ -46,8 +46,10 @@ def status_command(args: argparse.Namespace, settings: Settings, trust: TrustCon
     if args.json:
         print_json(out)
         return 0
-    print(f"cohort {out['cohort_id']} ({out['trust']}): {out['rows_accepted']} rows accepted, "
-          f"{out['rows_rejected']} rejected")
+    print(
+        f"cohort {out['cohort_id']} ({out['trust']}): {out['rows_accepted']} rows accepted, "
+        f"{out['rows_rejected']} rejected"
+    )
     print("patients: " + _counts(patients))
     print("studies:  " + _counts(studies))
     for why, n in out["reasons"].items():

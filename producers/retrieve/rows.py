@@ -151,9 +151,8 @@ def parse_text(source: str, text: str) -> Parsed:
             raise ConfigError(f"{source}: needs a {needed} column")
     reader.fieldnames = header
     parsed = Parsed()
-    line = reader.line_num
     for raw in reader:
-        number, line = line + 1, reader.line_num
+        number = reader.line_num  # the row's (last) line in the file; blank lines skipped
         if None in raw:  # more cells than the header has
             parsed.errors.append(RowError(source, number, "-", "more cells than header columns"))
             continue

@@ -106,9 +106,7 @@ class CohortRunner:
             while not stop.is_set():
                 for key in [k for k, f in in_flight.items() if f.done()]:
                     in_flight.pop(key).result()  # a bug surfaces here, not silently
-                metrics.RETRIEVE_ACTIVE_COHORTS.labels(self.trust).set(
-                    self.state.active_cohorts()
-                )
+                metrics.RETRIEVE_ACTIVE_COHORTS.labels(self.trust).set(self.state.active_cohorts())
                 is_open = self.window_open()
                 metrics.RETRIEVE_WINDOW_OPEN.labels(self.trust).set(1 if is_open else 0)
                 if is_open and len(in_flight) < workers:

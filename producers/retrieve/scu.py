@@ -150,9 +150,9 @@ class ArchiveClient:
                 else:
                     assoc.abort()
 
-    def _run(self, assoc: Any, gen: Iterator[tuple[Dataset, Dataset | None]]) -> Iterator[
-        tuple[int, Dataset, Dataset | None]
-    ]:
+    def _run(
+        self, assoc: Any, gen: Iterator[tuple[Dataset, Dataset | None]]
+    ) -> Iterator[tuple[int, Dataset, Dataset | None]]:
         for status, identifier in gen:
             code = _int(getattr(status, "Status", None))
             if code is None:  # an aborted association, a timeout: pynetdicom's empty status
@@ -210,9 +210,9 @@ class ArchiveClient:
                     raise RetrieveError("query_failed", f"status 0x{code:04X}")
         return out
 
-    def move(self, destination: str, study_uid: str, sop_uids: list[str] | None = None) -> (
-        MoveResult
-    ):
+    def move(
+        self, destination: str, study_uid: str, sop_uids: list[str] | None = None
+    ) -> MoveResult:
         """C-MOVE a study to ``destination``; or, with ``sop_uids``, just those instances
         (IMAGE level, one C-MOVE each on one association: not every archive takes a list)."""
         queries = []

@@ -285,8 +285,7 @@ class CohortState:
                     ),
                 )
             db.execute(
-                "UPDATE patients SET state='queried', attempts=attempts+1, reason=NULL"
-                " WHERE id=?",
+                "UPDATE patients SET state='queried', attempts=attempts+1, reason=NULL WHERE id=?",
                 (patient.id,),
             )
 
@@ -294,8 +293,7 @@ class CohortState:
         """A C-FIND failed: retried at ``next_at``, or failed for good (None)."""
         with self._tx() as db:
             db.execute(
-                "UPDATE patients SET attempts=attempts+1, reason=?, next_at=?, state=?"
-                " WHERE id=?",
+                "UPDATE patients SET attempts=attempts+1, reason=?, next_at=?, state=? WHERE id=?",
                 (reason, next_at or 0, "pending" if next_at is not None else "failed", patient.id),
             )
 
