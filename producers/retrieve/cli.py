@@ -118,7 +118,17 @@ def _run(args: argparse.Namespace, settings: Settings, trust: TrustConfig) -> in
     config = require(trust)
     names = pseudonymiser(trust, RegionalKey.from_env())
     state = open_state(settings, trust)
-    metrics.init_series("cohort", [trust.code])
+    from .state import FAILURE_REASONS
+
+    metrics.init_series(
+        "cohort",
+        [trust.code],
+        {
+            metrics.RETRIEVE_QUERIES: ["ok", "failed"],
+            metrics.RETRIEVE_RATE_LIMIT_WAITS: ["instances", "queries"],
+            metrics.RETRIEVE_FAILURES: FAILURE_REASONS,
+        },
+    )
     server = None
     if args.metrics_port is not None:
         server = metrics.MetricsServer(args.metrics_host, args.metrics_port).start()

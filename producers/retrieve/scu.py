@@ -27,6 +27,7 @@ from smartbox.retry import call_with_retry
 
 from .config import Archive
 from .limits import Associations
+from .state import FAILURE_REASONS
 
 PENDING = (0xFF00, 0xFF01)
 
@@ -36,10 +37,12 @@ class _Unreachable(TransientError):
 
 
 class RetrieveError(SmartboxError):
-    """An archive did not do what was asked; ``reason`` is from ``state.REASONS``. Retried by
-    the runner later (backoff kept in the cohort database), not on the spot."""
+    """An archive did not do what was asked; ``reason`` is one of ``state.FAILURE_REASONS``.
+    Retried by the runner later (backoff kept in the cohort database), not on the spot."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
+        if reason not in FAILURE_REASONS:
+            raise ValueError(f"unknown failure reason {reason!r}")
         super().__init__(f"{reason}{': ' + detail if detail else ''}")
         self.reason = reason
 

@@ -31,18 +31,17 @@ from .rows import CohortRow
 
 PATIENT_STATES = ("pending", "queried", "failed")
 STUDY_STATES = ("found", "retrieving", "retrieved", "already_received", "failed", "filtered")
-#: why a study is not retrieved or failed: a closed list (STYLE 20)
-REASONS = (
-    "modality",
-    "body_part",
-    "description_excluded",
+#: why an attempt failed (and the study or patient, after max_attempts): a closed list
+FAILURE_REASONS = (
     "association_rejected",
     "association_failed",
     "move_failed",
     "move_incomplete",
     "query_failed",
-    "duplicate_in_cohort",
 )
+#: why a study found is not retrieved (STYLE 20: one closed vocabulary)
+FILTER_REASONS = ("modality", "body_part", "description_excluded")
+REASONS = FAILURE_REASONS + FILTER_REASONS
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cohorts (

@@ -325,3 +325,89 @@ def test_cohort_commands_operator_mistakes(
     assert "pending 1" in capsys.readouterr().out
     assert cli.main(["cohort", "status", "--trust", "RTK", "C000000000000"]) == 2
     assert "no cohort C000000000000" in capsys.readouterr().err
+
+
+# --- the window is obeyed: nothing reaches the archive outside it ------------------------------
+def _listener():  # noqa: ANN202
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    accepted: list[int] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            accepted.append(1)
+            conn.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server, accepted, stop
+
+
+@pytest.mark.parametrize("ignore_window", [False, True])
+def test_outside_the_window_not_even_a_connection(tmp_path: Path, ignore_window: bool) -> None:
+    import threading
+    import time
+
+    from producers.retrieve.received import ReceiverLedger
+    from producers.retrieve.runner import CohortRunner
+
+    server, accepted, stop_listener = _listener()
+    port = server.getsockname()[1]
+    table = ARCHIVE.replace("port = 104", f"port = {port}\nnetwork_timeout_seconds = 1")
+    table = table.replace('host = "10.0.0.5"', 'host = "127.0.0.1"')
+    table = table.replace("[retrieve]\n", "[retrieve]\nretry_initial_seconds = 30\n", 1)
+    config = parse(_trust(tmp_path, table))
+    assert config is not None
+    state = CohortState(tmp_path / "s.sqlite3")
+    rows = parse_text("c.csv", f"nhs_number,date_from,date_to\n{NHS},20200101,20200102\n").rows
+    state.add_cohort("RTK", "c.csv", rows, ["P" * 32], 0)
+    noon = datetime(2026, 12, 2, 12, 0, tzinfo=UTC).timestamp()  # 19:00-06:00: closed
+    runner = CohortRunner(
+        config,
+        state,
+        ReceiverLedger(tmp_path / "spool", "RTK"),
+        lambda uid: uid,
+        ignore_window=ignore_window,
+        clock=lambda: noon,
+    )
+    for peer in runner.peers.values():
+        peer.client.connect_retry_seconds = 0.1
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), kwargs={"poll": 0.05})
+    thread.start()
+    try:
+        deadline = time.monotonic() + 3
+        while ignore_window and not accepted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not ignore_window:
+            time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join(30)
+        stop_listener.set()
+        server.close()
+    assert bool(accepted) is ignore_window
+    if not ignore_window:
+        assert state.patient_counts(state.cohorts()[0]) == {"pending": 1}
+
+
+def test_check_config_reports_a_bad_retrieve_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SMARTBOX_TRUSTS_DIR", str(tmp_path))
+    monkeypatch.setenv("SMARTBOX_PSEUDONYM_KEY", "k" * 40)
+    bad = ARCHIVE.replace("port = 104", "port = 104\nburst = 5")
+    (tmp_path / "RTK.toml").write_text(TRUST + bad)
+    assert cli.main(["check-config", "--role", "receive"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'RTK.toml'}: field 'retrieve.archives[0].burst': unknown field" in err
+    assert "Traceback" not in err
