@@ -111,7 +111,7 @@ def test_a_cohort_is_retrieved_exactly_once_gently_and_across_restarts(
     ]
     # the receiver, behind a relay that counts what the archive sends it
     p.add_trust(CODE, quiet_seconds=1)
-    receiver_relay = Relay(("127.0.0.1", p.trusts[CODE]), response_delay=0.25)
+    receiver_relay = Relay(("127.0.0.1", p.trusts[CODE]), response_delay=0.1)
     orthanc = Orthanc(
         tmp_path / "orthanc",
         f"{CODE}_PACS",
@@ -193,10 +193,14 @@ def test_a_cohort_is_retrieved_exactly_once_gently_and_across_restarts(
     # the limits, as seen on the wire
     assert 1 <= archive_relay.max_open <= ASSOCIATIONS
     times = sorted(receiver_relay.requests)
-    span = times[-1] - times[0]
-    # the bucket allows BURST + RATE * T instances over T seconds; one study of slack for
-    # the lag between a move being asked and its first instance arriving
-    assert len(times) <= BURST + PER_STUDY + RATE * span, (len(times), span)
+    # the bucket allows BURST + RATE * T instances in any T seconds; one study of slack for
+    # the lag between a move being asked and its instances arriving (a loaded machine)
+    worst = max(
+        (j - i + 1) - RATE * (times[j] - times[i])
+        for i in range(len(times))
+        for j in range(i, len(times))
+    )
+    assert worst <= BURST + PER_STUDY, worst
 
     # retrieved studies follow the normal path, marked as retrieved (backfill)
     batches = [
