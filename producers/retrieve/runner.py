@@ -233,6 +233,9 @@ class CohortRunner:
                 )
             expected = len(missing) if missing is not None else (study.instances or 1)
             self._take(peer.instances, expected, "instances")
+            if not self.window_open():  # it closed while we waited for tokens: not now
+                peer.instances.adjust(-expected)
+                return
             self.state.start_move(study)
             result = peer.client.move(self.config.move_destination, study.study_uid, missing)
             moved = result.completed + result.failed + result.warning
