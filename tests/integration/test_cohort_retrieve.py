@@ -174,6 +174,14 @@ def test_a_cohort_is_retrieved_exactly_once_gently_and_across_restarts(
         )
         time.sleep(3)  # past the receiver's quiet period: anything extra would show now
         status = _status(p, cohort_id)
+        sent_before_again = len(receiver_relay.requests)
+
+        # the same cohort again: everything is in the receiver's ledger, nothing is moved
+        again = p.run_cli("cohort", "submit", "--trust", CODE, str(cohort_csv))
+        assert again.returncode == 0, again.stderr
+        again_id = again.stdout.split()[0]
+        wait_for(lambda: _status(p, again_id)["done"], 120, "the second cohort", 1)
+        again_status = _status(p, again_id)
     finally:
         orthanc.stop()
         receiver_relay.close()
@@ -189,6 +197,9 @@ def test_a_cohort_is_retrieved_exactly_once_gently_and_across_restarts(
     for kind in ("identical", "new_version"):
         dup = p.metric(f"receiver-{CODE}", "smartbox_duplicate_instances_total", kind=kind)
         assert dup == 0, kind
+
+    assert again_status["studies"] == {"already_received": 4, "filtered": 2}, again_status
+    assert len(receiver_relay.requests) == sent_before_again
 
     # the limits, as seen on the wire
     assert 1 <= archive_relay.max_open <= ASSOCIATIONS
