@@ -331,6 +331,7 @@ class Anonymiser:
                 "source": {
                     "calling_aes": batch.get("calling_aes", []),
                     "acquired_days_before_arrival": batch.get("acquired_days_before_arrival"),
+                    "origin": batch.get("origin", "pushed"),
                 },
                 **({"synthetic": True} if synthetic else {}),
             },

@@ -109,7 +109,9 @@ class ExportPolicy:
 def classify(trust: TrustConfig | None, source: Mapping[str, Any] | None) -> str:
     """``prospective`` (daily work: exported first) or ``backfill`` (a cohort or archive load).
 
-    Backfill when the trust file says so for the whole trust (``backfill``), when every calling
+    Backfill when the study was retrieved (``origin``: a cohort's C-MOVE, told by the Move
+    Originator AE Title of its C-STOREs), when the trust file says so for the whole trust
+    (``backfill``), when every calling
     AE the study came from is one of its ``backfill_callers``, or when all its instances were
     acquired more than ``prospective_max_age_days`` before they arrived; ``source`` is what the
     receiver recorded (``study.staged`` body ``source``). Unknown is prospective: a study is
@@ -120,6 +122,8 @@ def classify(trust: TrustConfig | None, source: Mapping[str, Any] | None) -> str
     if trust.backfill:
         return "backfill"
     source = source or {}
+    if source.get("origin") == "retrieved":
+        return "backfill"
     callers = source.get("calling_aes") or []
     if callers and trust.backfill_callers and set(callers) <= set(trust.backfill_callers):
         return "backfill"

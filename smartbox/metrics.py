@@ -240,6 +240,59 @@ PROBE_LAST_SUCCESS = Gauge(
     ["trust"],
 )
 
+# --- cohort retrieval (smartbox cohort run): per trust, never per cohort or patient -------
+RETRIEVE_QUERIES = Counter(
+    "smartbox_retrieve_queries_total",
+    "C-FIND requests to a trust's archive, by result (ok, failed)",
+    ["trust", "result"],
+)
+RETRIEVE_STUDIES_FOUND = Counter(
+    "smartbox_retrieve_studies_found_total",
+    "Studies a cohort's queries found that match its filters (to retrieve)",
+    ["trust"],
+)
+RETRIEVE_STUDIES_FILTERED = Counter(
+    "smartbox_retrieve_studies_filtered_total",
+    "Studies found but not wanted (modality, body part, description)",
+    ["trust"],
+)
+RETRIEVE_STUDIES_RETRIEVED = Counter(
+    "smartbox_retrieve_studies_retrieved_total",
+    "Studies the archive moved to the trust's receiver (every sub-operation done), or that "
+    "the receiver already held",
+    ["trust"],
+)
+RETRIEVE_INSTANCES = Counter(
+    "smartbox_retrieve_instances_total",
+    "Instances the archive reported moved to the receiver (completed sub-operations)",
+    ["trust"],
+)
+RETRIEVE_FAILURES = Counter(
+    "smartbox_retrieve_failures_total",
+    "Failed query or move attempts, by reason (retried with backoff until max_attempts)",
+    ["trust", "reason"],
+)
+RETRIEVE_STUDIES_FAILED = Counter(
+    "smartbox_retrieve_studies_failed_total",
+    "Studies given up after max_attempts (smartbox cohort report lists them with reasons)",
+    ["trust"],
+)
+RETRIEVE_RATE_LIMIT_WAITS = Counter(
+    "smartbox_retrieve_rate_limit_waits_total",
+    "Requests that waited for the archive's token bucket (limit: instances, queries)",
+    ["trust", "limit"],
+)
+RETRIEVE_ACTIVE_COHORTS = Gauge(
+    "smartbox_retrieve_active_cohorts",
+    "Cohorts with patients to query or studies to retrieve",
+    ["trust"],
+)
+RETRIEVE_WINDOW_OPEN = Gauge(
+    "smartbox_retrieve_window_open",
+    "1 while every archive of the trust is inside its off-peak window (or overridden)",
+    ["trust"],
+)
+
 # --- series at zero from start-up -----------------------------------------------------------
 _Labelled = Counter | Gauge | Histogram
 #: per process role: what it counts per trust (labelled by ``trust`` alone)
@@ -265,6 +318,15 @@ TRUST_SERIES: dict[str, tuple[_Labelled, ...]] = {
         STUDIES_RESENT,
     ),
     "ingest": (INSTANCES_INGESTED, INGEST_CHECKSUM_FAILURES),
+    "cohort": (
+        RETRIEVE_STUDIES_FOUND,
+        RETRIEVE_STUDIES_FILTERED,
+        RETRIEVE_STUDIES_RETRIEVED,
+        RETRIEVE_INSTANCES,
+        RETRIEVE_STUDIES_FAILED,
+        RETRIEVE_ACTIVE_COHORTS,
+        RETRIEVE_WINDOW_OPEN,
+    ),
 }
 #: per consuming role: its ``stage`` label in smartbox_stage_duration_seconds, and its queue
 #: role (the ``stage`` of smartbox_failures_total and smartbox_messages_total)

@@ -78,6 +78,9 @@ class TrustConfig:
     backfill_callers: tuple[str, ...] = ()
     #: ... or those whose instances were all acquired more than this many days before arrival
     prospective_max_age_days: float = 30.0
+    #: the ``[retrieve]`` table as written (the trust's archives for cohort retrieval): parsed
+    #: and validated by its one owner, ``producers.retrieve.config``
+    retrieve: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def caller_allowed(self, calling_ae: str, address: str | None) -> tuple[bool, str]:
         """Whether a source address and calling AE title may associate; and why not.
@@ -123,6 +126,7 @@ _TRUST_KEYS = {
     "backfill",
     "backfill_callers",
     "prospective_max_age_days",
+    "retrieve",
 }
 
 
@@ -219,6 +223,10 @@ def parse_trust(path: Path, raw: Mapping[str, Any]) -> TrustConfig:
     backfill = raw.get("backfill", False)
     if not isinstance(backfill, bool):
         raise _fail(path, "backfill", "true or false")
+    retrieve = raw.get("retrieve", {})
+    if not isinstance(retrieve, dict):
+        # its keys are checked by producers.retrieve.config (check-config and smartbox cohort)
+        raise _fail(path, "retrieve", "a table ([retrieve])")
     backfill_callers = _str_list(path, raw, "backfill_callers", [])
     for caller in backfill_callers:
         if not AE_TITLE_RE.match(caller):
@@ -255,6 +263,7 @@ def parse_trust(path: Path, raw: Mapping[str, Any]) -> TrustConfig:
         backfill=backfill,
         backfill_callers=tuple(backfill_callers),
         prospective_max_age_days=_number(path, raw, "prospective_max_age_days", 30, 0, 36500),
+        retrieve=dict(retrieve),
     )
 
 

@@ -19,6 +19,9 @@ NO_DATASET = 0x0101
 AFFECTED_SOP_CLASS, COMMAND_FIELD, MESSAGE_ID = 0x00000002, 0x00000100, 0x00000110
 MESSAGE_ID_RESPONDED, DATASET_TYPE, STATUS = 0x00000120, 0x00000800, 0x00000900
 AFFECTED_SOP_INSTANCE = 0x00001000
+#: (0000,1030) Move Originator Application Entity Title: set by an archive on each C-STORE it
+#: makes for a C-MOVE (PS3.7 9.1.1.1), so a retrieved instance can be told from a pushed one
+MOVE_ORIGINATOR_AE = 0x00001030
 #: a UID under the UUID arc (PS3.5 B.2): no registered root needed, unique to this implementation
 IMPLEMENTATION_UID = "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "smartbox/receiver/1").int)
 IMPLEMENTATION_VERSION = "SMARTBOX_1"
@@ -39,6 +42,8 @@ class Command:
     sop_class: str
     sop_instance: str
     has_dataset: bool
+    #: the AE title that asked the archive for this instance (C-MOVE); "" when pushed
+    move_originator: str = ""
 
 
 _UID_CHARS = frozenset("0123456789.")
@@ -79,7 +84,16 @@ def decode_command(data: bytes | bytearray) -> Command:
         sop_class=_uid(values.get(AFFECTED_SOP_CLASS, b"")),
         sop_instance=_uid(values.get(AFFECTED_SOP_INSTANCE, b"")),
         has_dataset=us(DATASET_TYPE) != NO_DATASET,
+        move_originator=_ae(values.get(MOVE_ORIGINATOR_AE, b"")),
     )
+
+
+def _ae(value: bytes) -> str:
+    """An AE title as sent (space padded); "" unless it is a valid one (PS3.5 6.2 AE)."""
+    text = value.decode("ascii", "replace").strip(" \x00")
+    if not 0 < len(text) <= 16 or any(not 0x20 <= ord(c) <= 0x7E or c == "\\" for c in text):
+        return ""
+    return text
 
 
 def _even(value: bytes, pad: bytes = b"\x00") -> bytes:

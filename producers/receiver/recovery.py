@@ -28,12 +28,12 @@ PENDING = ("spooled", "batched", "uploaded")
 # again revive it as a new ``spooled`` instance instead of being taken for a duplicate.
 _RECORD = """
 INSERT INTO instances (study_key, instance_key, sha256, size, path, modality, received_at,
-    calling_ae)
-VALUES (?,?,?,?,?,?,?,?)
+    calling_ae, move_originator)
+VALUES (?,?,?,?,?,?,?,?,?)
 ON CONFLICT (instance_key, sha256) DO UPDATE SET
     study_key=excluded.study_key, size=excluded.size, path=excluded.path,
     modality=excluded.modality, received_at=excluded.received_at, state='spooled', batch_id=NULL,
-    calling_ae=excluded.calling_ae
+    calling_ae=excluded.calling_ae, move_originator=excluded.move_originator
 WHERE instances.state='lost'
 """
 _KEY = re.compile(r"^[0-9a-f]{32}$")
@@ -155,12 +155,23 @@ def record_instance(
     modality: str,
     received_at: float,
     calling_ae: str = "",
+    move_originator: str = "",
 ) -> bool:
     """Record an instance in the ledger (inside a transaction), reviving its ``lost`` row if
     it had one, and count it in the totals; False if the same bytes are recorded already."""
     cur = db.execute(
         _RECORD,
-        (study_key, instance_key, sha256, size, str(path), modality, received_at, calling_ae),
+        (
+            study_key,
+            instance_key,
+            sha256,
+            size,
+            str(path),
+            modality,
+            received_at,
+            calling_ae,
+            move_originator,
+        ),
     )
     if cur.rowcount != 1:
         return False

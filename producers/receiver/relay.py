@@ -149,6 +149,7 @@ class Relay:
             for inst, _state in rows
         ]
         batch_key = layout.quarantine_batch_key(code, study_key, batch_id)
+        origin = "retrieved" if all(i.move_originator for i, _ in rows) else "pushed"
         document = {
             "batch_id": batch_id,
             "trust": code,
@@ -157,6 +158,9 @@ class Relay:
             "instances": entries,
             # for the export's fairness: who sent it, and how old it was when it arrived
             "calling_aes": sorted({i.calling_ae for i, _ in rows if i.calling_ae}),
+            # a cohort's retrieval (C-MOVE) is backfill: the archive says who asked for it
+            "origin": origin,
+            "move_originators": sorted({i.move_originator for i, _ in rows if i.move_originator}),
             "acquired_days_before_arrival": days_before_arrival(
                 [(i.path, i.received_at) for i, _ in rows]
             ),
@@ -183,6 +187,7 @@ class Relay:
                 "amendment": amendment,
                 "first_received_at": _iso(first),
                 "last_received_at": _iso(last),
+                "origin": origin,
             },
         )
         with logs.message_context(message):  # the study's correlation id starts here

@@ -254,6 +254,7 @@ class StoreSCP:
                 modality=modality,
                 high_water=high_water,
                 calling_ae=calling_ae,
+                move_originator=command.move_originator,
             )
             received.adopted = True
         except SpoolFull as exc:

@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS instances (
     state TEXT NOT NULL DEFAULT 'spooled',
     batch_id TEXT,
     calling_ae TEXT NOT NULL DEFAULT '',
+    move_originator TEXT NOT NULL DEFAULT '',
     UNIQUE (instance_key, sha256)
 );
 CREATE INDEX IF NOT EXISTS instances_state ON instances (state, study_key);
@@ -101,6 +102,8 @@ class SpooledInstance:
     modality: str
     received_at: float
     calling_ae: str = ""
+    #: the Move Originator AE Title of its C-STORE: "" when pushed, set when retrieved (C-MOVE)
+    move_originator: str = ""
 
 
 class Spool(SpoolRecovery):
@@ -129,6 +132,10 @@ class Spool(SpoolRecovery):
             columns = {row[1] for row in db.execute("PRAGMA table_info(instances)")}
             if "calling_ae" not in columns:  # a ledger from before calling AEs were recorded
                 db.execute("ALTER TABLE instances ADD COLUMN calling_ae TEXT NOT NULL DEFAULT ''")
+            if "move_originator" not in columns:  # a ledger from before retrieval (cohorts)
+                db.execute(
+                    "ALTER TABLE instances ADD COLUMN move_originator TEXT NOT NULL DEFAULT ''"
+                )
         self._study_dirs: set[str] = set()
 
     @contextmanager
@@ -184,6 +191,7 @@ class Spool(SpoolRecovery):
         modality: str,
         high_water: int,
         calling_ae: str = "",
+        move_originator: str = "",
     ) -> bool:
         """Move an fsync'd file from ``tmp/`` into place and record it, durably.
 
@@ -216,6 +224,7 @@ class Spool(SpoolRecovery):
                     modality=modality,
                     received_at=now,
                     calling_ae=calling_ae,
+                    move_originator=move_originator,
                 )
         except BaseException:
             path.unlink(missing_ok=True)  # never acknowledged: the sender keeps its copy
@@ -275,11 +284,15 @@ class Spool(SpoolRecovery):
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, study_key, instance_key, sha256, size, path, modality, received_at,"
-                " calling_ae, state FROM instances WHERE batch_id=? AND state<>'lost' ORDER BY id",
+                " calling_ae, move_originator, state FROM instances"
+                " WHERE batch_id=? AND state<>'lost' ORDER BY id",
                 (batch_id,),
             ).fetchall()
         return [
-            (SpooledInstance(r[0], r[1], r[2], r[3], r[4], Path(r[5]), r[6], r[7], r[8]), r[9])
+            (
+                SpooledInstance(r[0], r[1], r[2], r[3], r[4], Path(r[5]), r[6], r[7], r[8], r[9]),
+                r[10],
+            )
             for r in rows
         ]
 

@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     trust_add.add_parser(sub)
     status.add_parser(sub)
     probe.add_parser(sub)
+    from producers.retrieve import cli as cohort_cli
+
+    cohort_cli.add_parser(sub)
     return parser
 
 
@@ -188,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup(
         role.get(args.command, args.command),
         level or default_level,
-        trust=getattr(args, "trust", None) if args.command == "receive" else None,
+        trust=getattr(args, "trust", None) if args.command in ("receive", "cohort") else None,
     )
     try:
         return _dispatch(args)
@@ -288,6 +291,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from . import probe
 
         return probe.main(args, settings)
+    if args.command == "cohort":
+        from producers.retrieve import cli as cohort_cli
+
+        return cohort_cli.main(args, settings)
     if args.command in ("purge-quarantine", "held"):
         from . import maintenance
 

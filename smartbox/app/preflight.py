@@ -9,7 +9,8 @@ stop a process at start, check-config reports first, and both report every probl
 line each, never only the first.
 
 This sits beside ``smartbox.app.cli`` in the composition root: it asks the stages for their own
-settings (``consumers.export_policy``, ``consumers.deid.policy``) and vocabularies (held-back
+settings (``consumers.export_policy``, ``consumers.deid.policy``,
+``producers.retrieve.config``) and vocabularies (held-back
 reasons, C-STORE statuses).
 """
 
@@ -79,6 +80,8 @@ def check(
         report.run(RegionalKey.from_env, environ)
     if "anonymise" in wanted:
         _check_policies(report, environ)
+    if uses_trusts:
+        _check_retrieve(report)
     if "export" in wanted:
         from consumers.export_policy import ExportPolicy
         from smartbox.signing import Signer
@@ -104,6 +107,15 @@ def _check_policies(report: Report, environ: Mapping[str, str] | None) -> None:
         return
     for trust in report.trusts.values():
         report.run(builder.for_trust, trust)
+
+
+def _check_retrieve(report: Report) -> None:
+    """Every trust's ``[retrieve]`` table (its archives, limits and window), by its one owner
+    exactly as ``smartbox cohort`` reads it."""
+    from producers.retrieve.config import parse
+
+    for trust in report.trusts.values():
+        report.run(parse, trust)
 
 
 def require(

@@ -30,6 +30,8 @@ class Orthanc:
     http_port: int = field(default_factory=free_port)
     dicom_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    #: more configuration (e.g. which AE titles may C-FIND and C-MOVE)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def start(self, timeout: float = 60) -> Orthanc:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -44,6 +46,7 @@ class Orthanc:
             "AuthenticationEnabled": False,
             "Plugins": [],
             "DicomModalities": {k: list(v) for k, v in self.modalities.items()},
+            **self.extra,
         }
         path = self.directory / "orthanc.json"
         path.write_text(json.dumps(config))

@@ -213,10 +213,14 @@ def test_what_the_receiver_recorded_about_the_batch_reaches_the_exporter(tmp_pat
     anonymiser, store, bus, message, _originals = setup(tmp_path, n=2)
     key = message["body"]["batch_key"]
     batch = json.loads(store.get_bytes("quarantine", key))
-    batch.update(calling_aes=["ARCHIVE"], acquired_days_before_arrival=400)
+    batch.update(calling_aes=["ARCHIVE"], acquired_days_before_arrival=400, origin="retrieved")
     store.put_bytes("quarantine", key, json.dumps(batch).encode())
     anonymiser.handle(message)
     [out] = staged(bus)
     schemas.validate(out)
     source = out["body"]["source"]
-    assert source == {"calling_aes": ["ARCHIVE"], "acquired_days_before_arrival": 400}
+    assert source == {
+        "calling_aes": ["ARCHIVE"],
+        "acquired_days_before_arrival": 400,
+        "origin": "retrieved",  # a cohort's C-MOVE: backfill
+    }

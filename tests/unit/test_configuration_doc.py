@@ -11,7 +11,10 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "configuration.md"
 NAME = re.compile(r"\bSMARTBOX_[A-Z0-9_]*[A-Z0-9]\b")
 #: names of that shape that are not environment variables, with the reason
-NOT_VARIABLES = {"SMARTBOX_1": "the receiver's DICOM implementation version name"}
+NOT_VARIABLES = {
+    "SMARTBOX_1": "the receiver's DICOM implementation version name",
+    "SMARTBOX_QR": "the cohort process's default AE title towards a trust's archive",
+}
 
 
 def documented() -> list[str]:
@@ -34,7 +37,7 @@ def in_code() -> set[str]:
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 if isinstance(node, ast.Constant) and isinstance(node.value, str):
                     names.update(NAME.findall(node.value))
-    return names - set(NOT_VARIABLES)
+    return names - set(NOT_VARIABLES) - trust_ae_titles()  # AE titles in examples
 
 
 def trust_ae_titles() -> set[str]:
