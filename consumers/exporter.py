@@ -316,14 +316,17 @@ class Exporter(ReceiptHandling, GaugeKeeping):
                 timeout_seconds=self.policy.receipt_timeout_seconds,
                 now=now,
             )
-            # the trust's clinical records travel in its first batch of the pass
+        # the trust's clinical records travel in its first batch of the pass that has images
+        # (the data team gets a patient's records with the scans), or alone at the end
+        if f"{code}/clinical" not in withdrawals_sent and (ids or klass == layout.CLASSES[-1]):
+            withdrawals_sent.add(f"{code}/clinical")
             clinical = clinical_export.pending(
                 self.store,
                 self.staging,
                 code,
                 withdrawn=self.withdrawn,
                 timeout_seconds=self.policy.receipt_timeout_seconds,
-                now=now,
+                now=time.time(),
             )
         if not ids and not withdrawals and not rotations and not clinical:
             return None
