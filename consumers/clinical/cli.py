@@ -33,7 +33,7 @@ def add_parser(sub: Any) -> None:
     )
     from smartbox.cli import _metrics_port
 
-    _metrics_port(st, 9104)
+    _metrics_port(st, 9105)
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
