@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,9 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
     policies = PolicyBuilder.from_env()
 
     def bus() -> RabbitBus:
+        # a command, not a daemon: a refused connection is one line (exit 1), and pika would
+        # log it with a traceback first (as smartbox status silences it)
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
         return RabbitBus(settings.amqp_url, Topology(settings.namespace))
 
     return run(
