@@ -93,6 +93,7 @@ UNITS = {
     "smartbox-anonymiser@.service": "anonymise",
     "smartbox-exporter.service": "export",
     "smartbox-ingest.service": "ingest",
+    "smartbox-clinical.service": "clinical stage",
 }
 
 
