@@ -382,3 +382,19 @@ def test_dates_in_the_future_relative_to_today(tmp_path: Path) -> None:
 def test_row_repr_hides_values() -> None:
     row = Row(2, {"nhs_number": NHS_A})
     assert NHS_A not in repr(row)
+
+
+def test_an_nhs_number_given_as_the_local_id_is_resolved_as_the_images_do(tmp_path: Path) -> None:
+    """Where the trust's NHS number is in PatientID, a valid NHS number in local_patient_id is
+    the NHS number (as the images' PatientID is); elsewhere it is a local ID."""
+    policies = PolicyBuilder()
+    row = identified(NHS_A, nhs_number=None, local_patient_id=NHS_A)
+    path = write_csv(tmp_path / "c.csv", [row])
+    in_patient_id = make_trust("RCL")
+    [made] = prepare(path, in_patient_id, KEY, policies, TODAY).records
+    assert made.record["patient"] == _image(NHS_A, None)[0]
+    elsewhere = make_trust("RCL", nhs_number_attribute="OtherPatientIDs")
+    [local] = prepare(path, elsewhere, KEY, policies, TODAY).records
+    engine = Deidentifier(KEY, policies.for_trust(elsewhere))
+    assert local.record["patient"] == engine.patient_pseudonym(None, NHS_A)[0]
+    assert local.record["patient"] != made.record["patient"]
