@@ -237,7 +237,8 @@ def test_clinical_records_exported_linked_to_the_images_and_no_identifier_leaks(
     assert any(b'"clinical.arrived"' in m for m in messages)
     assert any(b'"clinical.submitted"' in m for m in messages)
     everything = b"\n".join(blobs + messages)
-    logs = p.logs() + sub.stdout + sub.stderr
+    clis = (sub, again, export)
+    logs = p.logs() + "".join(c.stdout + c.stderr for c in clis)
     for value in values:
         assert value.encode() not in everything, "a planted identifier left the submit command"
         assert value not in logs, "a planted identifier reached a log or the report"
