@@ -53,6 +53,7 @@ def batch_id_for(
     withdrawals: list[str],
     rotations: list[str] | None = None,
     clinical: list[dict[str, Any]] | None = None,
+    clinical_withdrawals: list[str] | None = None,
 ) -> str:
     """Content address of a batch: its study manifests (id, sha256, attempt), withdrawals,
     rotation maps (ids are content addresses themselves) and clinical records (id, sha256,
@@ -65,6 +66,8 @@ def batch_id_for(
         text += "|clinical:" + ";".join(
             sorted(f"{c['export_id']}:{c['sha256']}:{c['attempt']}" for c in clinical)
         )
+    if clinical_withdrawals:
+        text += "|clinical-withdrawals:" + ";".join(sorted(clinical_withdrawals))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -202,18 +205,24 @@ class BatchRunner:
             self.national_bucket,
             claim.get("clinical", []),
         )
+        clinical_withdrawals = [
+            {k: w[k] for k in ("export_id", "record_id", "patient", "key")}
+            for w in claim.get("clinical_withdrawals", [])
+        ]
         if not studies and not withdrawals and not rotations and not clinical:
-            return
+            if not clinical_withdrawals:
+                return
         batch_id = batch_id_for(
             code,
             studies,
             [w["export_id"] for w in withdrawals],
             [r["rotation_id"] for r in rotations],
             clinical,
+            [w["export_id"] for w in clinical_withdrawals],
         )
-        # v2 only when there are clinical records: a batch of images alone stays v1, byte
-        # for byte, for a national side that knows only v1
-        version = 2 if clinical else 1
+        # v2 only with clinical records (or their withdrawals): a batch of images alone stays
+        # v1, byte for byte, for a national side that knows only v1
+        version = 2 if clinical or clinical_withdrawals else 1
         document = {
             "document": "national.batch",
             "version": version,
@@ -226,6 +235,7 @@ class BatchRunner:
             **({"rotations": rotations} if rotations else {}),
             # clinical records, each by its sha256: signed with the rest
             **({"clinical": clinical} if clinical else {}),
+            **({"clinical_withdrawals": clinical_withdrawals} if clinical_withdrawals else {}),
             # signed with the rest: the national side archives nothing of a synthetic batch
             **({"synthetic": True} if self.synthetic else {}),
         }
@@ -299,6 +309,15 @@ class BatchRunner:
                     if clinical
                     else {}
                 ),
+                **(
+                    {
+                        "clinical_withdrawals": [
+                            {"export_id": w["export_id"]} for w in clinical_withdrawals
+                        ]
+                    }
+                    if clinical_withdrawals
+                    else {}
+                ),
                 **({"synthetic": True} if self.synthetic else {}),
             },
         )
@@ -323,4 +342,7 @@ class BatchRunner:
         rotation.mark_sent(self.store, self.state.bucket, claim.get("rotations", []), batch_id, now)
         clinical_export.mark_sent(
             self.store, self.state.bucket, code, claim.get("clinical_sent", []), batch_id, now
+        )
+        clinical_export.withdrawals_sent(
+            self.store, self.state.bucket, claim.get("clinical_withdrawals", []), batch_id, now
         )

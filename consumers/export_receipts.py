@@ -142,6 +142,10 @@ class ReceiptHandling:
                 body["clinical"],
                 max_attempts=self.policy.max_attempts,
             )
+        if body.get("clinical_withdrawals"):
+            clinical_export.withdrawals_applied(
+                self.store, self.staging, code, body["clinical_withdrawals"]
+            )
 
     def _requeue(self, record: dict[str, Any], reason: str) -> None:
         """Back to the queue for the next window, or set aside after ``max_attempts``."""

@@ -300,6 +300,7 @@ class Exporter(ReceiptHandling, GaugeKeeping):
         withdrawals: list[dict[str, Any]] = []
         rotations: list[dict[str, Any]] = []  # key-rotation maps travel like withdrawals
         clinical: list[dict[str, Any]] = []  # and so do clinical records
+        clinical_withdrawals: list[dict[str, Any]] = []
         if code not in withdrawals_sent:
             withdrawals_sent.add(code)
             now = time.time()
@@ -327,12 +328,22 @@ class Exporter(ReceiptHandling, GaugeKeeping):
                 withdrawn=self.withdrawn,
                 timeout_seconds=self.policy.receipt_timeout_seconds,
                 now=time.time(),
+                max_attempts=self.policy.max_attempts,
+            )
+            clinical_withdrawals = clinical_export.pending_withdrawals(
+                self.store,
+                self.staging,
+                code,
+                timeout_seconds=self.policy.receipt_timeout_seconds,
+                now=time.time(),
             )
         if not ids and not withdrawals and not rotations and not clinical:
-            return None
+            if not clinical_withdrawals:
+                return None
         entries = [(i, attempts[i]) for i in ids] + [(w["export_id"], 0) for w in withdrawals]
         entries += [(r["rotation_id"], 0) for r in rotations]
         entries += [(c["export_id"], c["attempt"]) for c in clinical]
+        entries += [("w" + w["export_id"], 0) for w in clinical_withdrawals]
         key = layout.claim_key(code, selection_id(code, entries))
         claim = {
             "trust": code,
@@ -343,6 +354,7 @@ class Exporter(ReceiptHandling, GaugeKeeping):
             "withdrawals": withdrawals,
             "rotations": rotations,
             **({"clinical": clinical} if clinical else {}),
+            **({"clinical_withdrawals": clinical_withdrawals} if clinical_withdrawals else {}),
             "message": None,
             "created_at": time.time(),
         }

@@ -116,10 +116,11 @@ class NationalIngest:
             raise _Rejected("manifest_invalid")
         if bool(manifest.get("synthetic")) != bool(body.get("synthetic")):
             raise _Rejected("manifest_invalid")  # only the signed manifest decides "synthetic"
-        if sorted(c["export_id"] for c in manifest.get("clinical", [])) != sorted(
-            c["export_id"] for c in body.get("clinical", [])
-        ):
-            raise _Rejected("manifest_invalid")
+        for field in ("clinical", "clinical_withdrawals"):
+            if sorted(c["export_id"] for c in manifest.get(field, [])) != sorted(
+                c["export_id"] for c in body.get(field, [])
+            ):
+                raise _Rejected("manifest_invalid")
         return manifest
 
     def _ingest(self, code: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -128,6 +129,7 @@ class NationalIngest:
         withdrawals: list[dict[str, Any]] = []
         rotations: list[dict[str, Any]] = []
         clinical: list[dict[str, Any]] = []
+        clinical_withdrawals: list[dict[str, Any]] = []
         try:
             manifest = self._manifest(body)
         except _Rejected as exc:
@@ -151,6 +153,10 @@ class NationalIngest:
             clinical = [
                 {"export_id": c["export_id"], "status": "rejected", "reason": exc.reason}
                 for c in body.get("clinical", [])
+            ]
+            clinical_withdrawals = [
+                {"export_id": c["export_id"], "status": "rejected", "reason": exc.reason}
+                for c in body.get("clinical_withdrawals", [])
             ]
             log.error("%s: batch %s rejected: %s", code, body["batch_id"], exc.reason)
         else:
@@ -191,6 +197,10 @@ class NationalIngest:
             ]
             for c in clinical:
                 log.info("%s: clinical record %s %s", code, c["export_id"], c["status"])
+            clinical_withdrawals = [
+                national_clinical.withdraw(self.store, self.archive, w)
+                for w in manifest.get("clinical_withdrawals", [])
+            ]
         if not body.get("synthetic"):  # probe studies are counted by the probe, not here
             for r in results:
                 metrics.INGEST_STUDIES.labels(code, r["status"], r.get("reason", "")).inc()
@@ -211,6 +221,7 @@ class NationalIngest:
             "withdrawals": withdrawals,
             **({"rotations": rotations} if rotations else {}),
             **({"clinical": clinical} if clinical else {}),
+            **({"clinical_withdrawals": clinical_withdrawals} if clinical_withdrawals else {}),
             "instances_expected": body["instance_count"],
             "instances_verified": verified,
             "checksum_failures": failures,

@@ -26,7 +26,9 @@ whole backlog: a study's record of truth, markers that index it by what is waiti
 records and receipts are compacted into one archive object per trust and day
 (``archive/<trust>/records-<day>.json``, ``receipts-<day>.json``). A clinical record version
 has its own small state (``clinical/<trust>/<export_id>.json``) and, until the national side
-accepts it, a queue marker (``clinical-queue/<trust>/<export_id>``).
+accepts it, a queue marker (``clinical-queue/<trust>/<export_id>``); a patient index
+(``clinical-patients/<pseudonym>/<trust>/<export_id>``) and the withdrawals of exported
+versions waiting for a batch (``clinical-withdrawals/<trust>/<export_id>.json``).
 Days are UTC dates (``YYYY-MM-DD``), so a lexical listing is oldest first.
 
 ``*_key`` functions build keys; ``parse_*`` functions take one apart (ValueError if it is not of
@@ -152,6 +154,25 @@ def clinical_queue_prefix(trust: str) -> str:
 def clinical_queue_key(trust: str, export_id: str) -> str:
     """Marker: this clinical record version waits for (or awaits the receipt of) a batch."""
     return f"{clinical_queue_prefix(trust)}{export_id}"
+
+
+def clinical_patient_prefix(patient: str) -> str:
+    return f"{EXPORT}clinical-patients/{patient}/"
+
+
+def clinical_patient_key(patient: str, trust: str, export_id: str) -> str:
+    """Index marker: ``trust``'s clinical record version ``export_id`` is ``patient``'s (so a
+    withdrawal finds it)."""
+    return f"{clinical_patient_prefix(patient)}{trust}/{export_id}"
+
+
+def clinical_withdrawal_prefix(trust: str) -> str:
+    return f"{EXPORT}clinical-withdrawals/{trust}/"
+
+
+def clinical_withdrawal_key(trust: str, export_id: str) -> str:
+    """A withdrawal of an exported clinical record version, waiting for the trust's next batch."""
+    return f"{clinical_withdrawal_prefix(trust)}{export_id}.json"
 
 
 # --- exporter state (staging bucket) --------------------------------------------------------

@@ -10,6 +10,11 @@ staged key and listed with its sha256 in the national batch manifest (v2), which
 id and the Ed25519 signature cover (``export``). Receipts act per record (``on_receipt``):
 accepted -> acked, marker dropped; rejected, or no receipt within the timeout -> sent again
 in a later batch, up to the export's ``max_attempts``.
+
+A withdrawal (``smartbox withdraw``, ``withdraw_patient``) removes the patient's records not
+yet exported from staging and queues a withdrawal of each exported one; those travel in the
+trust's next batch (``clinical_withdrawals`` in the signed manifest v2) and the national side
+deletes the record and its link, answering ``applied``.
 """
 
 from __future__ import annotations
@@ -55,7 +60,9 @@ def record(store: ObjectStore, bucket: str, entry: dict[str, Any]) -> None:
     two leaves a marker whose state is missing: the next selection drops it, the redelivered
     message writes both)."""
     state = {**entry, "state": "pending", "attempts": 0, "batch_id": None, "reasons": []}
-    store.put_bytes(bucket, layout.clinical_queue_key(entry["trust"], entry["export_id"]), b"")
+    trust, eid = entry["trust"], entry["export_id"]
+    store.put_bytes(bucket, layout.clinical_patient_key(entry["patient"], trust, eid), b"")
+    store.put_bytes(bucket, layout.clinical_queue_key(trust, eid), b"")
     _put(store, bucket, state)
 
 
@@ -75,9 +82,11 @@ def pending(
     timeout_seconds: float,
     now: float | None = None,
     limit: int = MAX_PER_BATCH,
+    max_attempts: int | None = None,
 ) -> list[dict[str, Any]]:
     """The trust's records to send in its next batch: pending ones, and sent ones whose
-    receipt is overdue. A withdrawn patient's record is removed from staging instead."""
+    receipt is overdue (until ``max_attempts`` sends: then set aside as failed). A withdrawn
+    patient's record is removed from staging instead."""
     now = time.time() if now is None else now
     out: list[dict[str, Any]] = []
     for key in store.list_keys(bucket, layout.clinical_queue_prefix(trust)):
@@ -95,8 +104,22 @@ def pending(
             store.delete(bucket, key)
             metrics.WITHDRAWALS.labels(trust, "held_back").inc()
             continue
-        if state["state"] == "sent" and now - float(state.get("sent_at", now)) <= timeout_seconds:
-            continue  # in flight, receipt not yet due
+        if state["state"] == "sent":
+            if now - float(state.get("sent_at", now)) <= timeout_seconds:
+                continue  # in flight, receipt not yet due
+            metrics.CLINICAL_REJECTED.labels(trust, "no_receipt").inc()
+            if max_attempts is not None and state["attempts"] >= max_attempts:
+                state["state"] = "failed"
+                state["reasons"] = [*state.get("reasons", []), "no_receipt"][-10:]
+                _put(store, bucket, state)
+                store.delete(bucket, key)
+                log.error(
+                    "%s: clinical record %s unanswered after %d sends: set aside",
+                    trust,
+                    eid,
+                    state["attempts"],
+                )
+                continue
         out.append(
             {k: state[k] for k in ("export_id", "record_id", "patient", "key", "sha256", "size")}
             | {"recorded_at": float(state["recorded_at"]), "attempt": state["attempts"] + 1}
@@ -191,3 +214,73 @@ def on_receipt(
             log.error("%s: clinical record %s rejected: %s", trust, state["export_id"], reason)
         _put(store, bucket, state)
         metrics.CLINICAL_REJECTED.labels(trust, reason).inc()
+
+
+# --- withdrawals ------------------------------------------------------------------------------
+def withdraw_patient(store: ObjectStore, bucket: str, patient: str) -> tuple[int, int]:
+    """Withdraw pseudonymous ``patient``'s clinical records: (removed before export, queued
+    for the national side). Idempotent."""
+    removed = queued = 0
+    for key in list(store.list_keys(bucket, layout.clinical_patient_prefix(patient))):
+        trust, eid = key.rsplit("/", 2)[-2:]
+        state = get(store, bucket, trust, eid)
+        if state is None:
+            continue
+        if state["state"] == "pending":
+            store.delete(bucket, state["key"])
+            store.delete(bucket, layout.clinical_queue_key(trust, eid))
+            state.update(state="withdrawn", withdrawn_at=time.time())
+            _put(store, bucket, state)
+            removed += 1
+        elif state["state"] in ("sent", "acked", "failed"):
+            entry = {
+                "trust": trust,
+                "export_id": eid,
+                "record_id": state["record_id"],
+                "patient": state["patient"],
+                "key": state["key"],
+                "requested_at": time.time(),
+                "batch_id": None,
+            }
+            put_json(store, bucket, layout.clinical_withdrawal_key(trust, eid), entry)
+            store.delete(bucket, layout.clinical_queue_key(trust, eid))
+            state.update(state="withdrawn", withdrawn_at=time.time())
+            _put(store, bucket, state)
+            queued += 1
+    return removed, queued
+
+
+def pending_withdrawals(
+    store: ObjectStore, bucket: str, trust: str, *, timeout_seconds: float, now: float
+) -> list[dict[str, Any]]:
+    """Withdrawals of exported records to carry in the trust's next batch (never sent, or
+    sent without an answer within the timeout)."""
+    out = []
+    for key in store.list_keys(bucket, layout.clinical_withdrawal_prefix(trust)):
+        try:
+            entry: dict[str, Any] = get_json(store, bucket, key)
+        except NotFound:
+            continue
+        if not entry.get("batch_id") or now - entry.get("sent_at", 0) > timeout_seconds:
+            out.append(entry)
+    return out
+
+
+def withdrawals_sent(
+    store: ObjectStore, bucket: str, entries: list[dict[str, Any]], batch_id: str, now: float
+) -> None:
+    for entry in entries:
+        entry.update(batch_id=batch_id, sent_at=now)
+        put_json(
+            store, bucket, layout.clinical_withdrawal_key(entry["trust"], entry["export_id"]), entry
+        )
+
+
+def withdrawals_applied(
+    store: ObjectStore, bucket: str, trust: str, results: list[dict[str, Any]]
+) -> None:
+    """The national side deleted them: the outbox entries go."""
+    for result in results:
+        if result["status"] == "applied":
+            store.delete(bucket, layout.clinical_withdrawal_key(trust, result["export_id"]))
+            metrics.WITHDRAWALS.labels(trust, "acknowledged").inc()

@@ -63,6 +63,21 @@ def ingest(
     return {"export_id": export_id, "status": "accepted"}
 
 
+def withdraw(store: ObjectStore, archive: str, item: dict[str, Any]) -> dict[str, Any]:
+    """Delete a withdrawn patient's archived record version and its link; its receipt entry
+    (``applied`` also when nothing was archived: the result is the same)."""
+    store.delete(archive, item["key"])
+    link_key = layout.national_patient_clinical_key(item["patient"], item["record_id"])
+    try:
+        link = get_json(store, archive, link_key)
+    except NotFound:
+        link = None
+    if link is not None:
+        store.delete(archive, link["key"])  # the latest version, if another one
+        store.delete(archive, link_key)
+    return {"export_id": item["export_id"], "status": "applied"}
+
+
 def link_study(store: ObjectStore, archive: str, manifest: dict[str, Any]) -> None:
     """Markers: each patient of an archived study manifest has that study."""
     for patient in sorted(

@@ -398,3 +398,51 @@ def test_an_nhs_number_given_as_the_local_id_is_resolved_as_the_images_do(tmp_pa
     engine = Deidentifier(KEY, policies.for_trust(elsewhere))
     assert local.record["patient"] == engine.patient_pseudonym(None, NHS_A)[0]
     assert local.record["patient"] != made.record["patient"]
+
+
+def test_a_withdrawal_removes_exported_records_nationally_and_unexported_ones_locally(
+    tmp_path: Path,
+) -> None:
+    from consumers.withdraw import withdraw
+
+    rig = ExportRig(LocalStore(tmp_path / "s3"), LocalStore(tmp_path / "national"))
+    trust = make_trust("RCL")
+    first = prepare(
+        write_csv(tmp_path / "a.csv", [identified(NHS_A)]), trust, KEY, PolicyBuilder(), TODAY
+    )
+    patient = first.records[0].record["patient"]
+    publish(rig.bus, "RCL", first)
+    stage = ClinicalStage(rig.store)
+    rig.deliver("clinical", stage.handle)
+    rig.window()
+    assert national.patient_links(rig.national, "archive", patient)["clinical"]
+    # a changed row (a later version of the record), staged but not yet exported
+    later = prepare(
+        write_csv(
+            tmp_path / "b.csv", [identified(NHS_A, outcome="died", date_of_death="2020-05-01")]
+        ),
+        trust,
+        KEY,
+        PolicyBuilder(),
+        TODAY,
+    )
+    publish(rig.bus, "RCL", later)
+    rig.deliver("clinical", stage.handle)
+    report = withdraw(rig.store, "staging", "RCL", patient)
+    assert (report.clinical_removed, report.clinical_queued) == (1, 1)
+    rig.window()
+    batch = rig.batches[-1]
+    assert batch["body"]["clinical_withdrawals"] and "clinical" not in batch["body"]
+    assert rig.receipts[-1]["body"]["clinical_withdrawals"][0]["status"] == "applied"
+    assert national.patient_links(rig.national, "archive", patient)["clinical"] == {}
+    assert not [k for k in rig.national.list_keys("archive") if "/_clinical/" in k]
+    assert not list(rig.store.list_keys("staging", layout.clinical_withdrawal_prefix("RCL")))
+    # the unexported version was removed from staging, never exported
+    staged = [
+        k
+        for k in rig.store.list_keys("staging", "RCL/_clinical/")
+        if layout.is_clinical_record_key(k)
+    ]
+    assert len(staged) == 1  # the exported version's staged copy (kept, as studies' are)
+    rig.window()  # nothing more to send
+    assert rig.batches[-1] is batch
