@@ -242,3 +242,32 @@ def test_clinical_records_exported_linked_to_the_images_and_no_identifier_leaks(
     for value in values:
         assert value.encode() not in everything, "a planted identifier left the submit command"
         assert value not in logs, "a planted identifier reached a log or the report"
+
+    # a withdrawal (national data opt-out) takes the patient's clinical records out nationally
+    # too, with the images, in the next batch
+    [pid_a] = [
+        pid
+        for pid in images
+        if [
+            r["age"] for r in patient_links(archive, p.buckets["archive"], pid)["clinical"].values()
+        ]
+        == [70]
+    ]
+    out = p.run_cli("withdraw", "--trust", "RCL", "--nhs-number", NHS_A)
+    assert out.returncode == 0, out.stdout + out.stderr
+    export = p.run_cli("export", "--now")
+    assert export.returncode == 0, export.stdout + export.stderr
+    wait_for(
+        lambda: (
+            patient_links(archive, p.buckets["archive"], pid_a) == {"studies": [], "clinical": {}}
+        ),
+        120,
+        "the withdrawn patient's study and clinical record deleted nationally",
+    )
+    wait_for(
+        lambda: not p.objects("staging", "_export/clinical-withdrawals/"),
+        60,
+        "the clinical withdrawal acknowledged",
+    )
+    others = [pid for pid in images if pid != pid_a]
+    assert patient_links(archive, p.buckets["archive"], others[0])["clinical"]  # untouched
