@@ -34,6 +34,7 @@ from smartbox.store import ObjectStore
 from smartbox.transfer import BadObject, copy_verified
 
 from . import rotation
+from .clinical import export as clinical_export
 from .export_state import ExportState
 
 log = logging.getLogger(__name__)
@@ -51,13 +52,22 @@ def batch_id_for(
     studies: list[dict[str, Any]],
     withdrawals: list[str],
     rotations: list[str] | None = None,
+    clinical: list[dict[str, Any]] | None = None,
+    clinical_withdrawals: list[str] | None = None,
 ) -> str:
-    """Content address of a batch: its study manifests (id, sha256, attempt), withdrawals and
-    rotation maps (ids are content addresses themselves)."""
+    """Content address of a batch: its study manifests (id, sha256, attempt), withdrawals,
+    rotation maps (ids are content addresses themselves) and clinical records (id, sha256,
+    attempt)."""
     parts = sorted(f"{s['export_id']}:{s['manifest_sha256']}:{s['attempt']}" for s in studies)
     text = f"batch:{trust}|" + ";".join(parts) + "|" + ";".join(sorted(withdrawals))
     if rotations:  # a batch without one keeps the id it always had
         text += "|rotations:" + ";".join(sorted(rotations))
+    if clinical:  # likewise
+        text += "|clinical:" + ";".join(
+            sorted(f"{c['export_id']}:{c['sha256']}:{c['attempt']}" for c in clinical)
+        )
+    if clinical_withdrawals:
+        text += "|clinical-withdrawals:" + ";".join(sorted(clinical_withdrawals))
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -188,17 +198,34 @@ class BatchRunner:
             self.national_bucket,
             claim.get("rotations", []),
         )
-        if not studies and not withdrawals and not rotations:
-            return
+        clinical = clinical_export.export(
+            self.store,
+            self.state.bucket,
+            self.national,
+            self.national_bucket,
+            claim.get("clinical", []),
+        )
+        clinical_withdrawals = [
+            {k: w[k] for k in ("export_id", "record_id", "patient", "key")}
+            for w in claim.get("clinical_withdrawals", [])
+        ]
+        if not studies and not withdrawals and not rotations and not clinical:
+            if not clinical_withdrawals:
+                return
         batch_id = batch_id_for(
             code,
             studies,
             [w["export_id"] for w in withdrawals],
             [r["rotation_id"] for r in rotations],
+            clinical,
+            [w["export_id"] for w in clinical_withdrawals],
         )
+        # v2 only with clinical records (or their withdrawals): a batch of images alone stays
+        # v1, byte for byte, for a national side that knows only v1
+        version = 2 if clinical or clinical_withdrawals else 1
         document = {
             "document": "national.batch",
-            "version": 1,
+            "version": version,
             "batch_id": batch_id,
             "trust": code,
             "key_id": self.signer.key_id,
@@ -206,10 +233,13 @@ class BatchRunner:
             "withdrawals": withdrawals,
             # key-rotation maps, each by its sha256: signed with the rest
             **({"rotations": rotations} if rotations else {}),
+            # clinical records, each by its sha256: signed with the rest
+            **({"clinical": clinical} if clinical else {}),
+            **({"clinical_withdrawals": clinical_withdrawals} if clinical_withdrawals else {}),
             # signed with the rest: the national side archives nothing of a synthetic batch
             **({"synthetic": True} if self.synthetic else {}),
         }
-        schemas.validate_document("national.batch", document)
+        schemas.validate_document("national.batch", document, version)
         data = canonical(document)
         signature = self.signer.sign(data)
         manifest_key = layout.national_batch_key(code, batch_id)
@@ -227,6 +257,7 @@ class BatchRunner:
             for r in records.values()
         ]
         claim["batch_id"] = batch_id
+        claim["clinical_sent"] = clinical
         claim["message"] = schemas.make_message(
             "export.batch",
             trust=code,
@@ -268,6 +299,25 @@ class BatchRunner:
                     if rotations
                     else {}
                 ),
+                **(
+                    {
+                        "clinical": [
+                            {"export_id": c["export_id"], "record_id": c["record_id"]}
+                            for c in clinical
+                        ]
+                    }
+                    if clinical
+                    else {}
+                ),
+                **(
+                    {
+                        "clinical_withdrawals": [
+                            {"export_id": w["export_id"]} for w in clinical_withdrawals
+                        ]
+                    }
+                    if clinical_withdrawals
+                    else {}
+                ),
                 **({"synthetic": True} if self.synthetic else {}),
             },
         )
@@ -290,3 +340,9 @@ class BatchRunner:
             w.update(batch_id=batch_id, sent_at=now)
             self.state.save_withdrawal(w)
         rotation.mark_sent(self.store, self.state.bucket, claim.get("rotations", []), batch_id, now)
+        clinical_export.mark_sent(
+            self.store, self.state.bucket, code, claim.get("clinical_sent", []), batch_id, now
+        )
+        clinical_export.withdrawals_sent(
+            self.store, self.state.bucket, claim.get("clinical_withdrawals", []), batch_id, now
+        )

@@ -25,6 +25,7 @@ from smartbox.errors import PermanentError
 from smartbox.store import ObjectStore, put_json
 
 from . import rotation
+from .clinical import export as clinical_export
 from .export_policy import ExportPolicy
 from .export_state import ExportState
 
@@ -132,6 +133,19 @@ class ReceiptHandling:
         for r in body.get("rotations", []):  # key rotation maps: applied nationally
             if r["status"] == "applied":
                 rotation.applied(self.store, self.staging, code, r["rotation_id"])
+        if body.get("clinical"):  # clinical records: acked, or sent again in a later batch
+            clinical_export.on_receipt(
+                self.store,
+                self.staging,
+                code,
+                body["batch_id"],
+                body["clinical"],
+                max_attempts=self.policy.max_attempts,
+            )
+        if body.get("clinical_withdrawals"):
+            clinical_export.withdrawals_applied(
+                self.store, self.staging, code, body["clinical_withdrawals"]
+            )
 
     def _requeue(self, record: dict[str, Any], reason: str) -> None:
         """Back to the queue for the next window, or set aside after ``max_attempts``."""

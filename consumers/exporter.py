@@ -41,6 +41,7 @@ from smartbox.store import ObjectStore, get_json, put_json
 from smartbox.trusts import TrustConfig, TrustRegistry
 
 from . import rotation
+from .clinical import export as clinical_export
 from .export_batch import BatchRunner, selection_id
 from .export_canary import export_probe, probe_state
 from .export_compact import compact
@@ -63,6 +64,7 @@ class ExportSummary:
     studies: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     instances: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     set_aside: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    clinical: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     failed_trusts: list[str] = field(default_factory=list)
     lease_holder: str | None = None  # another pass held the lease: this one did nothing
     window_closed: bool = False
@@ -297,6 +299,8 @@ class Exporter(ReceiptHandling, GaugeKeeping):
             tried.add(export_id)
         withdrawals: list[dict[str, Any]] = []
         rotations: list[dict[str, Any]] = []  # key-rotation maps travel like withdrawals
+        clinical: list[dict[str, Any]] = []  # and so do clinical records
+        clinical_withdrawals: list[dict[str, Any]] = []
         if code not in withdrawals_sent:
             withdrawals_sent.add(code)
             now = time.time()
@@ -313,10 +317,33 @@ class Exporter(ReceiptHandling, GaugeKeeping):
                 timeout_seconds=self.policy.receipt_timeout_seconds,
                 now=now,
             )
-        if not ids and not withdrawals and not rotations:
-            return None
+        # the trust's clinical records travel in its first batch of the pass that has images
+        # (the data team gets a patient's records with the scans), or alone at the end
+        if f"{code}/clinical" not in withdrawals_sent and (ids or klass == layout.CLASSES[-1]):
+            withdrawals_sent.add(f"{code}/clinical")
+            clinical = clinical_export.pending(
+                self.store,
+                self.staging,
+                code,
+                withdrawn=self.withdrawn,
+                timeout_seconds=self.policy.receipt_timeout_seconds,
+                now=time.time(),
+                max_attempts=self.policy.max_attempts,
+            )
+            clinical_withdrawals = clinical_export.pending_withdrawals(
+                self.store,
+                self.staging,
+                code,
+                timeout_seconds=self.policy.receipt_timeout_seconds,
+                now=time.time(),
+            )
+        if not ids and not withdrawals and not rotations and not clinical:
+            if not clinical_withdrawals:
+                return None
         entries = [(i, attempts[i]) for i in ids] + [(w["export_id"], 0) for w in withdrawals]
         entries += [(r["rotation_id"], 0) for r in rotations]
+        entries += [(c["export_id"], c["attempt"]) for c in clinical]
+        entries += [("w" + w["export_id"], 0) for w in clinical_withdrawals]
         key = layout.claim_key(code, selection_id(code, entries))
         claim = {
             "trust": code,
@@ -326,6 +353,8 @@ class Exporter(ReceiptHandling, GaugeKeeping):
             "progress": {},
             "withdrawals": withdrawals,
             "rotations": rotations,
+            **({"clinical": clinical} if clinical else {}),
+            **({"clinical_withdrawals": clinical_withdrawals} if clinical_withdrawals else {}),
             "message": None,
             "created_at": time.time(),
         }
@@ -363,16 +392,19 @@ class Exporter(ReceiptHandling, GaugeKeeping):
             metrics.STUDIES_RESENT.labels(code).inc(resent)
         if body["withdrawals"]:
             metrics.WITHDRAWALS.labels(code, "published").inc(len(body["withdrawals"]))
+        if body.get("clinical"):
+            summary.clinical[code] += len(body["clinical"])
         self._pending[code][0] -= body["study_count"]
         self._pending[code][1] -= body["bytes"]
         metrics.STAGE_SECONDS.labels(code, "export").observe(time.monotonic() - started)
         log.info(
-            "%s: export batch %s: %d studies, %d instances, %d withdrawals",
+            "%s: export batch %s: %d studies, %d instances, %d withdrawals, %d clinical records",
             code,
             body["batch_id"],
             body["study_count"],
             body["instance_count"],
             len(body["withdrawals"]),
+            len(body.get("clinical", [])),
         )
         for study in body["studies"]:  # each on its own line, under its own correlation id
             with logs.context(correlation_id=study.get("correlation_id")):

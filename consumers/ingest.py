@@ -13,7 +13,9 @@ For each ``export.batch`` (v2; unsigned v1 batches are dead-lettered):
    with the first reason (``study_manifest_mismatch``, ``checksum_mismatch``, ``size_mismatch``,
    ``object_missing``);
 4. apply withdrawals (delete the study's archived objects) and key-rotation maps (link old
-   pseudonyms to new: ``consumers.national_links``) and say ``applied``;
+   pseudonyms to new: ``consumers.national_links``) and say ``applied``; verify, archive and
+   link the clinical records (national batch manifest v2) to their patient's studies by
+   pseudonym (``consumers.clinical.national``) and say ``accepted`` or ``rejected`` for each;
 5. publish ``export.receipt`` v2, then record the batch as ingested.
 """
 
@@ -34,6 +36,7 @@ from smartbox.store import ObjectStore, get_json, put_json
 from smartbox.transfer import BadObject, copy_verified, read_verified
 
 from . import national_links
+from .clinical import national as national_clinical
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +103,10 @@ class NationalIngest:
             raise _Rejected("signature_invalid")
         try:
             manifest: dict[str, Any] = json.loads(raw)
-            schemas.validate_document("national.batch", manifest)
+            version = manifest.get("version") if isinstance(manifest, dict) else None
+            if version not in (1, 2):  # v2: v1 plus clinical records
+                raise SchemaError("national.batch: unknown version")
+            schemas.validate_document("national.batch", manifest, version)
         except (ValueError, SchemaError):
             raise _Rejected("manifest_invalid") from None
         listed = sorted(s["export_id"] for s in manifest["studies"])
@@ -110,6 +116,11 @@ class NationalIngest:
             raise _Rejected("manifest_invalid")
         if bool(manifest.get("synthetic")) != bool(body.get("synthetic")):
             raise _Rejected("manifest_invalid")  # only the signed manifest decides "synthetic"
+        for field in ("clinical", "clinical_withdrawals"):
+            if sorted(c["export_id"] for c in manifest.get(field, [])) != sorted(
+                c["export_id"] for c in body.get(field, [])
+            ):
+                raise _Rejected("manifest_invalid")
         return manifest
 
     def _ingest(self, code: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -117,6 +128,8 @@ class NationalIngest:
         verified = failures = missing = 0
         withdrawals: list[dict[str, Any]] = []
         rotations: list[dict[str, Any]] = []
+        clinical: list[dict[str, Any]] = []
+        clinical_withdrawals: list[dict[str, Any]] = []
         try:
             manifest = self._manifest(body)
         except _Rejected as exc:
@@ -136,6 +149,14 @@ class NationalIngest:
             rotations = [
                 {"rotation_id": r["rotation_id"], "status": "rejected", "reason": exc.reason}
                 for r in body.get("rotations", [])
+            ]
+            clinical = [
+                {"export_id": c["export_id"], "status": "rejected", "reason": exc.reason}
+                for c in body.get("clinical", [])
+            ]
+            clinical_withdrawals = [
+                {"export_id": c["export_id"], "status": "rejected", "reason": exc.reason}
+                for c in body.get("clinical_withdrawals", [])
             ]
             log.error("%s: batch %s rejected: %s", code, body["batch_id"], exc.reason)
         else:
@@ -167,6 +188,19 @@ class NationalIngest:
                 national_links.apply(self.store, body["bucket"], self.archive, r)
                 for r in manifest.get("rotations", [])
             ]
+            # clinical records (signed through their sha256): archived, linked by pseudonym
+            clinical = [
+                national_clinical.ingest(
+                    self.store, body["bucket"], self.archive, c, keep=not manifest.get("synthetic")
+                )
+                for c in manifest.get("clinical", [])
+            ]
+            for c in clinical:
+                log.info("%s: clinical record %s %s", code, c["export_id"], c["status"])
+            clinical_withdrawals = [
+                national_clinical.withdraw(self.store, self.archive, w)
+                for w in manifest.get("clinical_withdrawals", [])
+            ]
         if not body.get("synthetic"):  # probe studies are counted by the probe, not here
             for r in results:
                 metrics.INGEST_STUDIES.labels(code, r["status"], r.get("reason", "")).inc()
@@ -186,6 +220,8 @@ class NationalIngest:
             "studies": results,
             "withdrawals": withdrawals,
             **({"rotations": rotations} if rotations else {}),
+            **({"clinical": clinical} if clinical else {}),
+            **({"clinical_withdrawals": clinical_withdrawals} if clinical_withdrawals else {}),
             "instances_expected": body["instance_count"],
             "instances_verified": verified,
             "checksum_failures": failures,
@@ -213,6 +249,8 @@ class NationalIngest:
             )
         if archive:
             self.store.put_bytes(self.archive, study["manifest_key"], raw)
+            # the patient's studies, by pseudonym, beside their clinical records
+            national_clinical.link_study(self.store, self.archive, json.loads(raw))
         return len(study["objects"])
 
     def _withdraw(self, withdrawal: dict[str, Any]) -> dict[str, Any]:
@@ -223,5 +261,7 @@ class NationalIngest:
             manifest = {"instances": []}
         for inst in manifest.get("instances", []):
             self.store.delete(self.archive, inst["key"])
+        if manifest.get("study_uid"):
+            national_clinical.unlink_study(self.store, self.archive, manifest)
         self.store.delete(self.archive, withdrawal["manifest_key"])
         return {"export_id": withdrawal["export_id"], "status": "applied"}

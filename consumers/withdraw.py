@@ -7,7 +7,8 @@ patient ID or an accession number by ``smartbox withdraw``) and
   instance of that patient with the reason ``withdrawn``, and the exporter never exports one;
 * removes staged data not yet exported (the de-identified objects; the record says withdrawn);
 * queues a withdrawal for data already exported: it travels in the trust's next batch, the
-  national side deletes the study and says ``applied`` in its receipt.
+  national side deletes the study and says ``applied`` in its receipt;
+* does the same for the patient's clinical records (``consumers.clinical.export``).
 
 The NHS-number pseudonym is region-wide, so one withdrawal covers every trust's studies.
 """
@@ -92,6 +93,8 @@ class WithdrawReport:
     removed_unexported: list[str] = field(default_factory=list)
     queued_for_national: list[str] = field(default_factory=list)
     already: list[str] = field(default_factory=list)
+    clinical_removed: int = 0
+    clinical_queued: int = 0
 
 
 def withdraw(store: ObjectStore, bucket: str, trust: str, patient: str) -> WithdrawReport:
@@ -137,10 +140,17 @@ def withdraw(store: ObjectStore, bucket: str, trust: str, patient: str) -> Withd
             report.queued_for_national.append(export_id)
         else:
             report.already.append(export_id)
+    from .clinical.export import withdraw_patient
+
+    # the patient's clinical records too (consumers.clinical.export)
+    report.clinical_removed, report.clinical_queued = withdraw_patient(store, bucket, patient)
     log.info(
-        "withdrawal via %s: %d removed before export, %d queued for the national side",
+        "withdrawal via %s: %d removed before export, %d queued for the national side; "
+        "clinical records: %d removed, %d queued",
         trust,
         len(report.removed_unexported),
         len(report.queued_for_national),
+        report.clinical_removed,
+        report.clinical_queued,
     )
     return report

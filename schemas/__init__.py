@@ -27,15 +27,25 @@ SCHEMAS: dict[str, int] = {
     "export.batch": 2,
     "export.receipt": 2,
     "export.failed": 1,
+    "clinical.arrived": 1,
+    "clinical.submitted": 1,
 }
 #: earlier versions still shipped, so the loader can name what an old message was
-SUPERSEDED: dict[str, tuple[int, ...]] = {"export.batch": (1,), "export.receipt": (1,)}
+SUPERSEDED: dict[str, tuple[int, ...]] = {
+    "export.batch": (1,),
+    "export.receipt": (1,),
+    # still written for a batch without clinical records (and read): v2 adds them
+    "national.batch": (1,),
+}
 #: storage documents (manifests) are contracts too: validated on write and on read
 DOCUMENTS: dict[str, int] = {
     "quarantine.batch": 1,
     "staging.study": 1,
-    "national.batch": 1,
+    "national.batch": 2,
     "rotation.map": 1,
+    # what a trust submits (identifiable: validated in the box, never stored) and what is kept
+    "clinical.submission": 1,
+    "clinical.record": 1,
 }
 ENVELOPE_ID = "envelope.v1.schema.json"
 
@@ -91,7 +101,10 @@ def validate_document(name: str, document: Any, version: int | None = None) -> N
     """Raise SchemaError unless a stored manifest matches its schema (path named, no value)."""
     if name not in DOCUMENTS:
         raise SchemaError(f"{name}: not a known document")
-    v = validator(name, version or DOCUMENTS[name])
+    version = version or DOCUMENTS[name]
+    if version != DOCUMENTS[name] and version not in SUPERSEDED.get(name, ()):
+        raise SchemaError(f"{name}: no schema for version {version}")
+    v = validator(name, version)
     errors = sorted(v.iter_errors(document), key=lambda e: list(e.absolute_path))
     if errors:
         first = errors[0]

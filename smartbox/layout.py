@@ -7,17 +7,28 @@
     staging     <trust>/<pseudo study uid>/<sop uid>-<sha16>.dcm      de-identified instance
                 <trust>/<pseudo study uid>/manifest-<batch_id>.json   study manifest (one version
                                                                       per staged batch)
+                <trust>/_clinical/<record_id>-<sha16>.json            pseudonymised clinical record
+                                                                      (clinical.record v1; a new
+                                                                      version is a new key)
+                <trust>/_clinical/submissions/<submission_id>.json    what one clinical submit did
                 _export/...                                           exporter state (below)
-    national    the staged instance and study manifest keys, unchanged
+    national    the staged instance, study manifest and clinical record keys, unchanged
                 _batches/<trust>/<batch_id>.json (+ .sig)             signed national batch manifest
                 _rotations/<trust>/<rotation_id>.json                 rotation map (key rotation)
+    archive     (national side) the same keys; _ingest/patients/<pseudonym>/study/<uid> and
+                _ingest/patients/<pseudonym>/clinical/<record_id>.json link a patient's
+                studies and clinical records
     identity    index/<trust>/<patient|study>/<blind>/<version>.bin   encrypted identity index
 
 Exporter state (bucket ``staging``), one small object per fact so that no step lists the
 whole backlog: a study's record of truth, markers that index it by what is waiting for it
 (queue per trust, class and day; sent; day ledger), open claims, the lease, withdrawals. Done
 records and receipts are compacted into one archive object per trust and day
-(``archive/<trust>/records-<day>.json``, ``receipts-<day>.json``).
+(``archive/<trust>/records-<day>.json``, ``receipts-<day>.json``). A clinical record version
+has its own small state (``clinical/<trust>/<export_id>.json``) and, until the national side
+accepts it, a queue marker (``clinical-queue/<trust>/<export_id>``); a patient index
+(``clinical-patients/<pseudonym>/<trust>/<export_id>``) and the withdrawals of exported
+versions waiting for a batch (``clinical-withdrawals/<trust>/<export_id>.json``).
 Days are UTC dates (``YYYY-MM-DD``), so a lexical listing is oldest first.
 
 ``*_key`` functions build keys; ``parse_*`` functions take one apart (ValueError if it is not of
@@ -109,6 +120,59 @@ def parse_study_manifest_key(key: str) -> StudyManifestRef:
 
 def is_study_manifest_key(key: str) -> bool:
     return _STAGED_MANIFEST.match(key) is not None
+
+
+# --- clinical records (clinical stage, exporter) -------------------------------------------
+_CLINICAL_RECORD = re.compile(
+    r"^(?P<trust>[A-Z0-9]{2,8})/_clinical/(?P<id>[0-9a-f]{32})-(?P<sha>[0-9a-f]{16})\.json$"
+)
+
+
+def clinical_record_key(trust: str, record_id: str, sha256: str) -> str:
+    """Where a pseudonymised clinical record version is staged (content-addressed)."""
+    return f"{trust}/_clinical/{record_id}-{sha256[:16]}.json"
+
+
+def is_clinical_record_key(key: str) -> bool:
+    return _CLINICAL_RECORD.match(key) is not None
+
+
+def clinical_submission_key(trust: str, submission_id: str) -> str:
+    """The report of one ``smartbox clinical submit`` (counts and reasons, no values)."""
+    return f"{trust}/_clinical/submissions/{submission_id}.json"
+
+
+def clinical_state_key(trust: str, export_id: str) -> str:
+    """A clinical record version's export state (pending, sent, acked, failed, withdrawn)."""
+    return f"{EXPORT}clinical/{trust}/{export_id}.json"
+
+
+def clinical_queue_prefix(trust: str) -> str:
+    return f"{EXPORT}clinical-queue/{trust}/"
+
+
+def clinical_queue_key(trust: str, export_id: str) -> str:
+    """Marker: this clinical record version waits for (or awaits the receipt of) a batch."""
+    return f"{clinical_queue_prefix(trust)}{export_id}"
+
+
+def clinical_patient_prefix(patient: str) -> str:
+    return f"{EXPORT}clinical-patients/{patient}/"
+
+
+def clinical_patient_key(patient: str, trust: str, export_id: str) -> str:
+    """Index marker: ``trust``'s clinical record version ``export_id`` is ``patient``'s (so a
+    withdrawal finds it)."""
+    return f"{clinical_patient_prefix(patient)}{trust}/{export_id}"
+
+
+def clinical_withdrawal_prefix(trust: str) -> str:
+    return f"{EXPORT}clinical-withdrawals/{trust}/"
+
+
+def clinical_withdrawal_key(trust: str, export_id: str) -> str:
+    """A withdrawal of an exported clinical record version, waiting for the trust's next batch."""
+    return f"{clinical_withdrawal_prefix(trust)}{export_id}.json"
 
 
 # --- exporter state (staging bucket) --------------------------------------------------------
@@ -342,3 +406,17 @@ def national_link_key(kind: str, pseudonym: str) -> str:
     """National archive: an old pseudonym (``patient``) or pseudo study UID (``study``) and
     the one that replaced it at a rotation."""
     return f"_ingest/links/{kind}/{pseudonym}.json"
+
+
+def national_patient_prefix(patient: str) -> str:
+    return f"_ingest/patients/{patient}/"
+
+
+def national_patient_study_key(patient: str, study_uid: str) -> str:
+    """National archive marker: ``patient`` has the archived study ``study_uid``."""
+    return f"{national_patient_prefix(patient)}study/{study_uid}"
+
+
+def national_patient_clinical_key(patient: str, record_id: str) -> str:
+    """National archive: ``patient``'s clinical record ``record_id`` (its latest version)."""
+    return f"{national_patient_prefix(patient)}clinical/{record_id}.json"

@@ -199,6 +199,38 @@ INGEST_STUDIES = Counter(
     ["trust", "status", "reason"],
 )
 
+# --- clinical records (consumers.clinical) -------------------------------------------------
+CLINICAL_ACCEPTED = Counter(
+    "smartbox_clinical_records_accepted_total",
+    "Clinical record versions staged and recorded for export (clinical stage)",
+    ["trust"],
+)
+CLINICAL_HELD_BACK = Counter(
+    "smartbox_clinical_records_held_back_total",
+    "Clinical rows held back, by reason (from each submission's report; withdrawn: at staging)",
+    ["trust", "reason"],
+)
+CLINICAL_DUPLICATES = Counter(
+    "smartbox_clinical_records_duplicate_total",
+    "Clinical record versions received again (a resubmitted file, a redelivery): not re-staged",
+    ["trust"],
+)
+CLINICAL_EXPORTED = Counter(
+    "smartbox_clinical_records_exported_total",
+    "Clinical record versions sent in a signed national batch (re-sends included)",
+    ["trust"],
+)
+CLINICAL_ACKNOWLEDGED = Counter(
+    "smartbox_clinical_records_acknowledged_total",
+    "Clinical record versions accepted by the national ingest",
+    ["trust"],
+)
+CLINICAL_REJECTED = Counter(
+    "smartbox_clinical_records_rejected_total",
+    "Clinical record versions the national ingest rejected, by reason (sent again)",
+    ["trust", "reason"],
+)
+
 # --- every stage ----------------------------------------------------------------------------
 FAILURES = Counter(
     "smartbox_failures_total",
@@ -316,6 +348,8 @@ TRUST_SERIES: dict[str, tuple[_Labelled, ...]] = {
         EXPORT_TRUST_BATCHES,
         STUDIES_ACKNOWLEDGED,
         STUDIES_RESENT,
+        CLINICAL_EXPORTED,
+        CLINICAL_ACKNOWLEDGED,
     ),
     "ingest": (INSTANCES_INGESTED, INGEST_CHECKSUM_FAILURES),
     "cohort": (
@@ -327,6 +361,7 @@ TRUST_SERIES: dict[str, tuple[_Labelled, ...]] = {
         RETRIEVE_ACTIVE_COHORTS,
         RETRIEVE_WINDOW_OPEN,
     ),
+    "clinical": (CLINICAL_ACCEPTED, CLINICAL_DUPLICATES),
 }
 #: per consuming role: its ``stage`` label in smartbox_stage_duration_seconds, and its queue
 #: role (the ``stage`` of smartbox_failures_total and smartbox_messages_total)
@@ -334,6 +369,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "anonymise": ("anonymise", "anonymiser"),
     "export": ("export", "exporter"),
     "ingest": ("ingest", "national.ingest"),
+    "clinical": ("clinical", "clinical"),
 }
 EXPORT_RESULTS = ("published", "empty", "failed")
 

@@ -15,10 +15,15 @@ WORK_QUEUES: dict[str, str] = {
     "exporter": "study.staged.*",
     "national.ingest": "export.batch.*",
     "export.receipts": "export.receipt.*",
+    "clinical": "clinical.arrived.*",
 }
 #: further binding keys of a work queue: ``export.failed.*`` reaches the exporter only when an
 #: operator replays a study the exporter dead-lettered itself (``smartbox dlq replay exporter``)
-EXTRA_BINDINGS: dict[str, tuple[str, ...]] = {"exporter": ("export.failed.*",)}
+#: ``clinical.submitted.*``: what a clinical submission held back, counted by the clinical stage
+EXTRA_BINDINGS: dict[str, tuple[str, ...]] = {
+    "exporter": ("export.failed.*",),
+    "clinical": ("clinical.submitted.*",),
+}
 DELIVERY_LIMIT = 5
 
 

@@ -1,8 +1,9 @@
 """The ``smartbox`` command: one subcommand per process, plus tools for operators.
 
 Exit codes: 0 success; 1 the work failed (see the message); 2 bad usage or configuration;
-3 ``deidentify --strict`` held something back; 4 ``export --now`` found another pass holding the
-export lease (nothing exported); 5 ``reconcile`` found studies outstanding past their age.
+3 ``deidentify --strict`` or ``clinical submit`` held something back; 4 ``export --now`` found
+another pass holding the export lease (nothing exported); 5 ``reconcile`` found studies
+outstanding past their age.
 """
 
 from __future__ import annotations
@@ -157,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("held", help="list instances held back from export, with reasons")
     p.add_argument("--trust", help="only this trust")
 
-    from . import dlq_cli, probe, report, status, trust_add
+    from . import clinical_cli, dlq_cli, probe, report, status, trust_add
 
+    clinical_cli.add_parser(sub)
     dlq_cli.add_parser(sub)
     report.add_parser(sub)
     trust_add.add_parser(sub)
@@ -262,6 +264,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     else:
         settings = Settings.from_env()
 
+    if args.command == "clinical":
+        from . import clinical_cli
+
+        return clinical_cli.main(args, settings)
     if args.command == "dlq":
         from . import dlq_cli
 

@@ -69,6 +69,8 @@ def export_command(args: argparse.Namespace, settings: Settings) -> int:
                 file=sys.stderr,
             )
         print(f"exported {summary.total_instances} instances")
+        for code, n in sorted(summary.clinical.items()):
+            print(f"{code}: {n} clinical records")
         if summary.window_closed:
             print("the export window closed: the rest waits for the next window", file=sys.stderr)
         if summary.failed_trusts:

@@ -28,12 +28,19 @@ def test_status_follows_a_study_through_the_running_pipeline(
     p.add_trust("RTK")
     p.add_trust("RGT")  # configured, silent: zeros and "never"
     p.start_all()
+    p.start("clinical", "clinical", "stage")  # every work queue has its stage
 
     before = status(p)
     assert by_trust(before)["RGT"]["last_seen"] is None
     assert by_trust(before)["RTK"]["received_studies"] == 0
     queues = {q["role"]: q for q in before["queues"]}
-    assert set(queues) == {"anonymiser", "exporter", "national.ingest", "export.receipts"}
+    assert set(queues) == {
+        "anonymiser",
+        "exporter",
+        "national.ingest",
+        "export.receipts",
+        "clinical",
+    }
     assert all(q["consumers"] == 1 for q in queues.values()), queues  # each stage consumes
     assert all(q["dlq_messages"] == 0 for q in queues.values())
 

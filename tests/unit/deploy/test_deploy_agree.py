@@ -100,7 +100,7 @@ def test_one_metrics_port_per_process_on_a_systemd_host() -> None:
     ports: dict[str, str] = {}
     for example in sorted(SYSTEMD.glob("*-*.env.example")):  # receivers and anonymisers
         ports[example.name] = env_file(example)["SMARTBOX_METRICS_PORT"]
-    for unit in ("exporter", "ingest", "probe"):
+    for unit in ("exporter", "ingest", "probe", "clinical"):
         text = (SYSTEMD / f"smartbox-{unit}.service").read_text()
         [line] = [
             ln for ln in text.splitlines() if ln.startswith("Environment=SMARTBOX_METRICS_PORT=")
@@ -109,7 +109,7 @@ def test_one_metrics_port_per_process_on_a_systemd_host() -> None:
     assert len(set(ports.values())) == len(ports), ports
     discovered = sorted(
         t.rsplit(":", 1)[1]
-        for name in ("receiver", "anonymiser", "exporter", "ingest", "probe")
+        for name in ("receiver", "anonymiser", "exporter", "ingest", "probe", "clinical")
         for g in _sd_targets(name)
         for t in g["targets"]
     )

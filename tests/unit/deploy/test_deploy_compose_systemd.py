@@ -94,6 +94,7 @@ UNITS = {
     "smartbox-exporter.service": "export",
     "smartbox-ingest.service": "ingest",
     "smartbox-probe.service": "probe --every 15m $PROBE_TRUSTS",
+    "smartbox-clinical.service": "clinical stage",
 }
 
 

@@ -29,9 +29,10 @@ WORK_QUEUES = {
     "exporter": "study.staged.*",
     "national.ingest": "export.batch.*",
     "export.receipts": "export.receipt.*",
+    "clinical": "clinical.arrived.*",
 }
 #: further bindings: a study the exporter dead-lettered itself, replayed by an operator
-EXTRA_BINDINGS = {"exporter": ("export.failed.*",)}
+EXTRA_BINDINGS = {"exporter": ("export.failed.*",), "clinical": ("clinical.submitted.*",)}
 
 
 def work_args(queue: str) -> dict[str, object]:
