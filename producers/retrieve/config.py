@@ -16,6 +16,8 @@ the file and the key (``trusts/RGT.toml: field 'retrieve.archives[0].port': ...`
     max_attempts = 5                    # per study, then failed with its reason
     retry_initial_seconds = 60          # backoff between attempts (doubling, capped)
     retry_max_seconds = 3600
+    swab_days_before = 14               # cohorts from clinical data: chest imaging from 14 days
+    swab_days_after = 28                # before each swab to 28 days after it
 
     [[retrieve.archives]]
     name = "pacs"
@@ -64,6 +66,8 @@ _TOP_KEYS = {
     "retry_initial_seconds",
     "retry_max_seconds",
     "resume_grace_seconds",
+    "swab_days_before",
+    "swab_days_after",
     "archives",
 }
 _ARCHIVE_KEYS = {
@@ -138,6 +142,11 @@ class RetrieveConfig:
     #: after a crash, a study whose move was under way waits this long before it is resumed,
     #: so the archive's last sub-operations land (and are found in the ledger) first
     resume_grace_seconds: float = 30.0
+    #: a cohort from clinical data (``smartbox clinical submit --cohort``): the studies of each
+    #: patient with a swab result from this many days before their first swab to this many
+    #: after their last
+    swab_days_before: int = 14
+    swab_days_after: int = 28
 
 
 def _fail(path: Path, key: str, why: str) -> ConfigError:
@@ -309,6 +318,8 @@ def parse(trust: TrustConfig) -> RetrieveConfig | None:
         retry_initial_seconds=initial,
         retry_max_seconds=maximum,
         resume_grace_seconds=_number(path, raw, "resume_grace_seconds", "", 30, 0, 3600),
+        swab_days_before=_integer(path, raw, "swab_days_before", "", 14, 0, 3650),
+        swab_days_after=_integer(path, raw, "swab_days_after", "", 28, 0, 3650),
     )
 
 

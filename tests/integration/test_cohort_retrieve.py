@@ -236,3 +236,84 @@ def test_a_cohort_is_retrieved_exactly_once_gently_and_across_restarts(
     text = report.stdout + report.stderr + p.logs()
     for value in planted:
         assert value not in text, "patient data in a report or log"
+
+
+def test_a_clinical_submission_drives_a_cohort_of_chest_imaging_around_each_swab(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """``smartbox clinical submit --cohort``: each patient of a valid row with a swab result
+    becomes a cohort row, chest imaging from ``swab_days_before`` the first swab to
+    ``swab_days_after`` the last; invalid rows drive nothing. Exactly the studies in those
+    windows are retrieved and staged."""
+    from helpers.clinical import NHS_A, NHS_B, NHS_C, identified, write_csv
+
+    p = pipeline
+    # swab of A on 2020-04-02 (and 2020-04-09), of C on 2020-05-10; B's row is invalid
+    wanted = [
+        _study(21, NHS_A, "20200320", "CT CHEST"),  # 13 days before the first swab
+        _study(22, NHS_A, "20200505", "XR CHEST", body_part="CHEST"),  # 26 days after the last
+        _study(23, NHS_C, "20200512", "CT THORAX"),
+    ]
+    unwanted = [
+        _study(24, NHS_A, "20200310", "CT CHEST"),  # 23 days before
+        _study(25, NHS_A, "20200615", "CT CHEST"),  # long after
+        _study(26, NHS_C, "20200511", "CT HEAD"),  # in the window, not chest
+        _study(27, NHS_B, "20200402", "CT CHEST"),  # B's row is held back: not retrieved
+    ]
+    p.add_trust(CODE, quiet_seconds=1)
+    orthanc = Orthanc(
+        tmp_path / "orthanc",
+        f"{CODE}_PACS",
+        {
+            "smartbox": (f"SMARTBOX_{CODE}", "127.0.0.1", p.trusts[CODE]),
+            "cohort": ("SMARTBOX_QR", "127.0.0.1", 1),
+        },
+    ).start()
+    trust_file = p.root / "trusts" / f"{CODE}.toml"
+    table = _retrieve_table(orthanc.dicom_port).replace(
+        "max_attempts = 20\n", "max_attempts = 20\nswab_days_before = 14\nswab_days_after = 28\n"
+    )
+    trust_file.write_text(trust_file.read_text() + table)
+    try:
+        for i, study in enumerate(wanted + unwanted):
+            orthanc.upload(study.write(tmp_path / f"s{i}"))
+        declare_topology(p)
+        p.start(f"receiver-{CODE}", "receive", "--trust", CODE)
+        wait_dicom_port(p, CODE)
+        p.start("anonymiser", "anonymise")
+
+        rows = [
+            identified(NHS_A, swab_2_date="2020-04-09", swab_2_result="Negative"),
+            identified(NHS_B, swab_1_date="2021-02-30"),  # impossible date: held back
+            identified(
+                NHS_C,
+                swab_1_date="2020-05-10",
+                admission_date="2020-05-09",
+                discharge_date="2020-05-30",
+            ),
+        ]
+        clinical = write_csv(tmp_path / "clinical.csv", rows)
+        out = p.run_cli("clinical", "submit", "--trust", CODE, "--cohort", str(clinical))
+        assert out.returncode == 3, out.stdout + out.stderr  # one row held back
+        [line] = [ln for ln in out.stdout.splitlines() if ln.startswith("cohort ")]
+        assert line.endswith(": 2 patients with a swab result queued for retrieval"), line
+        cohort_id = line.split()[1].rstrip(":")
+
+        p.start("cohort", "cohort", "run", "--trust", CODE)
+        wait_for(lambda: _status(p, cohort_id)["done"], 240, "the cohort to finish", 1)
+        names = Pseudonymiser(RegionalKey.from_env({"SMARTBOX_PSEUDONYM_KEY": KEY}), CODE, 1)
+        expected = {names.uid(s.study_uid) for s in wanted}
+        wait_for(lambda: _staged_studies(p) >= expected, 120, "the studies to be staged", 0.5)
+        time.sleep(3)  # past the quiet period: anything extra would show now
+    finally:
+        orthanc.stop()
+    assert _staged_studies(p) == expected
+    status = _status(p, cohort_id)
+    assert status["patients"] == {"queried": 2}, status
+    studies = status["studies"]  # a move whose instances all landed before its answer was
+    # lost (a loaded machine) ends already_received: fetched once either way
+    assert studies.get("retrieved", 0) + studies.get("already_received", 0) == 3, status
+    assert studies.get("filtered") == 1, status  # the head CT; the rest never matched
+    text = p.logs() + out.stdout + out.stderr
+    for value in (NHS_A, NHS_B, NHS_C, *(s.study_uid for s in wanted + unwanted)):
+        assert value not in text, "patient data in a log or the command's output"
