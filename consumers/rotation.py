@@ -38,9 +38,9 @@ import schemas
 from consumers.deid.policy import PolicyBuilder
 from consumers.deid.pseudonyms import Pseudonymiser
 from smartbox import layout
-from smartbox.errors import ConfigError, NotFound
+from smartbox.errors import ConfigError
 from smartbox.keys import KEY_VERSION_ENV, RegionalKey
-from smartbox.store import ObjectStore, get_json, put_json
+from smartbox.store import ObjectStore, put_json, unanswered
 from smartbox.transfer import read_verified
 
 from .identity_index import Entry, IdentityIndex
@@ -207,15 +207,8 @@ def pending(
     store: ObjectStore, bucket: str, trust: str, *, timeout_seconds: float, now: float
 ) -> list[dict[str, Any]]:
     """Outbox entries to send: never sent, or sent and unanswered for ``timeout_seconds``."""
-    out = []
-    for key in store.list_keys(bucket, layout.rotation_outbox_prefix(trust)):
-        try:
-            entry: dict[str, Any] = get_json(store, bucket, key)
-        except NotFound:
-            continue
-        if not entry.get("batch_id") or now - entry.get("sent_at", 0) > timeout_seconds:
-            out.append(entry)
-    return out
+    prefix = layout.rotation_outbox_prefix(trust)
+    return unanswered(store, bucket, prefix, timeout_seconds=timeout_seconds, now=now)
 
 
 def export(

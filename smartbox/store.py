@@ -292,3 +292,20 @@ class LocalStore(_LocalConditional):
 
     def ping(self) -> bool:
         return self.root.is_dir()
+
+
+def unanswered(
+    store: ObjectStore, bucket: str, prefix: str, *, timeout_seconds: float, now: float
+) -> list[dict[str, Any]]:
+    """The entries of an outbox (JSON objects under ``prefix``) to send in the next batch:
+    never sent (no ``batch_id``), or sent and unanswered for ``timeout_seconds`` (``sent_at``).
+    An entry removed meanwhile (answered) is skipped."""
+    out = []
+    for key in store.list_keys(bucket, prefix):
+        try:
+            entry: dict[str, Any] = get_json(store, bucket, key)
+        except NotFound:
+            continue
+        if not entry.get("batch_id") or now - entry.get("sent_at", 0) > timeout_seconds:
+            out.append(entry)
+    return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,6 +267,29 @@ def parse_trust(path: Path, raw: Mapping[str, Any]) -> TrustConfig:
     )
 
 
+def tls_files(
+    path: Path,
+    raw: Mapping[str, Any],
+    keys: tuple[str, ...],
+    where: str,
+    fail: Callable[[Path, str, str], ConfigError],
+) -> dict[str, Path | None]:
+    """The TLS files a trust file names (relative to the file), each one checked to exist;
+    ``fail(path, field, why)`` for one that does not. Used for the receiver's TLS and for the
+    cohort process's client TLS towards an archive."""
+    files: dict[str, Path | None] = {}
+    for key in keys:
+        value = raw.get(key)
+        if value is None:
+            files[key] = None
+            continue
+        p = (path.parent / str(value)).resolve()
+        if not p.is_file():
+            raise fail(path, f"{where}{key}", f"file not found: {p}")
+        files[key] = p
+    return files
+
+
 def _parse_tls(path: Path, raw: Any) -> TlsConfig | None:
     if raw is None:
         return None
@@ -275,16 +298,7 @@ def _parse_tls(path: Path, raw: Any) -> TlsConfig | None:
     unknown = sorted(set(raw) - {"cert_file", "key_file", "ca_file", "verify_client"})
     if unknown:
         raise _fail(path, f"tls.{unknown[0]}", "unknown field")
-    files: dict[str, Path | None] = {}
-    for key in ("cert_file", "key_file", "ca_file"):
-        value = raw.get(key)
-        if value is None:
-            files[key] = None
-            continue
-        p = (path.parent / str(value)).resolve()
-        if not p.is_file():
-            raise _fail(path, f"tls.{key}", f"file not found: {p}")
-        files[key] = p
+    files = tls_files(path, raw, ("cert_file", "key_file", "ca_file"), "tls.", _fail)
     cert, key_file = files["cert_file"], files["key_file"]
     if cert is None or key_file is None:
         raise _fail(path, "tls", "cert_file and key_file are required")

@@ -27,7 +27,7 @@ from typing import Any
 from consumers.withdraw import WithdrawalRegistry
 from smartbox import layout, metrics
 from smartbox.errors import NotFound
-from smartbox.store import ObjectStore, get_json, put_json
+from smartbox.store import ObjectStore, get_json, put_json, unanswered
 from smartbox.transfer import BadObject, copy_verified
 
 log = logging.getLogger("consumers.exporter")
@@ -255,15 +255,8 @@ def pending_withdrawals(
 ) -> list[dict[str, Any]]:
     """Withdrawals of exported records to carry in the trust's next batch (never sent, or
     sent without an answer within the timeout)."""
-    out = []
-    for key in store.list_keys(bucket, layout.clinical_withdrawal_prefix(trust)):
-        try:
-            entry: dict[str, Any] = get_json(store, bucket, key)
-        except NotFound:
-            continue
-        if not entry.get("batch_id") or now - entry.get("sent_at", 0) > timeout_seconds:
-            out.append(entry)
-    return out
+    prefix = layout.clinical_withdrawal_prefix(trust)
+    return unanswered(store, bucket, prefix, timeout_seconds=timeout_seconds, now=now)
 
 
 def withdrawals_sent(

@@ -45,7 +45,7 @@ from typing import Any
 
 from smartbox import validate
 from smartbox.errors import ConfigError
-from smartbox.trusts import AE_TITLE_RE, TrustConfig
+from smartbox.trusts import AE_TITLE_RE, TrustConfig, tls_files
 
 DEFAULT_MODALITIES = ("CR", "DX", "CT", "MR")
 DEFAULT_BODY_PARTS = ("CHEST", "THORAX", "LUNG")
@@ -219,16 +219,7 @@ def _tls(path: Path, raw: Any, where: str) -> ClientTls | None:
     unknown = sorted(set(raw) - {"ca_file", "cert_file", "key_file"})
     if unknown:
         raise _fail(path, f"{where}tls.{unknown[0]}", "unknown field")
-    files: dict[str, Path | None] = {}
-    for key in ("ca_file", "cert_file", "key_file"):
-        value = raw.get(key)
-        if value is None:
-            files[key] = None
-            continue
-        p = (path.parent / str(value)).resolve()
-        if not p.is_file():
-            raise _fail(path, f"{where}tls.{key}", f"file not found: {p}")
-        files[key] = p
+    files = tls_files(path, raw, ("ca_file", "cert_file", "key_file"), f"{where}tls.", _fail)
     if (files["cert_file"] is None) != (files["key_file"] is None):
         raise _fail(path, f"{where}tls", "cert_file and key_file go together")
     return ClientTls(files["ca_file"], files["cert_file"], files["key_file"])
