@@ -22,18 +22,23 @@ from referencing import Registry, Resource
 from smartbox.errors import SchemaError
 
 SCHEMAS: dict[str, int] = {
-    "study.arrived": 1,
+    "study.arrived": 2,
     "study.staged": 1,
     "export.batch": 2,
     "export.receipt": 2,
     "export.failed": 1,
 }
 #: earlier versions still shipped, so the loader can name what an old message was
-SUPERSEDED: dict[str, tuple[int, ...]] = {"export.batch": (1,), "export.receipt": (1,)}
+SUPERSEDED: dict[str, tuple[int, ...]] = {
+    "study.arrived": (1,),
+    "export.batch": (1,),
+    "export.receipt": (1,),
+}
 #: storage documents (manifests) are contracts too: validated on write and on read
 DOCUMENTS: dict[str, int] = {
     "quarantine.batch": 1,
     "staging.study": 1,
+    "staging.part": 1,
     "national.batch": 1,
     "rotation.map": 1,
 }

@@ -84,6 +84,9 @@ class TrustConfig:
     backfill_callers: tuple[str, ...] = ()
     #: ... or those whose instances were all acquired more than this many days before arrival
     prospective_max_age_days: float = 30.0
+    #: at most this many instances per ``study.arrived`` message: a big study is announced in
+    #: chunks that several anonymisers process side by side (one study manifest all the same)
+    announce_chunk_instances: int = 200
 
     def caller_allowed(self, calling_ae: str, address: str | None) -> tuple[bool, str]:
         """Whether a source address and calling AE title may associate; and why not.
@@ -128,6 +131,7 @@ _TRUST_KEYS = {
     "ledger_retention_days",
     "backfill",
     "backfill_callers",
+    "announce_chunk_instances",
     "prospective_max_age_days",
 }
 
@@ -261,6 +265,7 @@ def parse_trust(path: Path, raw: Mapping[str, Any]) -> TrustConfig:
         backfill=backfill,
         backfill_callers=tuple(backfill_callers),
         prospective_max_age_days=_number(path, raw, "prospective_max_age_days", 30, 0, 36500),
+        announce_chunk_instances=_integer(path, raw, "announce_chunk_instances", 200, 1, 100000),
     )
 
 

@@ -7,6 +7,9 @@
     staging     <trust>/<pseudo study uid>/<sop uid>-<sha16>.dcm      de-identified instance
                 <trust>/<pseudo study uid>/manifest-<batch_id>.json   study manifest (one version
                                                                       per staged batch)
+                _parts/<trust>/<batch_id>/<index>-of-<count>.json     one chunk's part of a
+                                                                      batch's manifest (until
+                                                                      the batch is announced)
                 _export/...                                           exporter state (below)
     national    the staged instance and study manifest keys, unchanged
                 _batches/<trust>/<batch_id>.json (+ .sig)             signed national batch manifest
@@ -109,6 +112,30 @@ def parse_study_manifest_key(key: str) -> StudyManifestRef:
 
 def is_study_manifest_key(key: str) -> bool:
     return _STAGED_MANIFEST.match(key) is not None
+
+
+PARTS = "_parts/"
+_PART = re.compile(
+    r"^_parts/[A-Z0-9]{2,8}/[0-9a-f]{32}/(?P<index>\d{5})-of-(?P<count>\d{5})\.json$"
+)
+
+
+def manifest_parts_prefix(trust: str, batch_id: str) -> str:
+    """The parts of one batch's study manifest, one per ``study.arrived`` chunk."""
+    return f"{PARTS}{trust}/{batch_id}/"
+
+
+def manifest_part_key(trust: str, batch_id: str, index: int, count: int) -> str:
+    """Chunk ``index`` of ``count``: the manifest entries of the instances that chunk staged."""
+    return f"{manifest_parts_prefix(trust, batch_id)}{index:05d}-of-{count:05d}.json"
+
+
+def parse_manifest_part_key(key: str) -> tuple[int, int]:
+    """(index, count) of a manifest part key (ValueError if it is not one)."""
+    m = _PART.match(key)
+    if not m:
+        raise ValueError("not a manifest part key")
+    return int(m["index"]), int(m["count"])
 
 
 # --- exporter state (staging bucket) --------------------------------------------------------

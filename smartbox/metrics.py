@@ -85,6 +85,12 @@ STUDY_COMPLETION = Histogram(
 INSTANCES_STAGED = Counter(
     "smartbox_instances_staged_total", "De-identified instances written to staging", ["trust"]
 )
+INSTANCES_PROCESSED = Counter(
+    "smartbox_anonymiser_instances_processed_total",
+    "Instances this anonymiser de-identified or held back (its share of the work; a batch "
+    "announced in chunks is shared by several anonymisers)",
+    ["trust"],
+)
 STUDIES_STAGED = Counter(
     "smartbox_studies_staged_total", "study.staged events confirmed by the broker", ["trust"]
 )
