@@ -327,3 +327,7 @@ class Relay:
         metrics.SPOOL_BYTES.labels(code).set(size)
         metrics.SPOOL_HIGH_WATER.labels(code).set(self.trust.spool_high_water_bytes)
         metrics.OLDEST_UNPUBLISHED.labels(code).set(time.time() - oldest if oldest else 0)
+        files, size, oldest = self.spool.upload_backlog()
+        metrics.UPLOAD_BACKLOG.labels(code).set(files)
+        metrics.UPLOAD_BACKLOG_BYTES.labels(code).set(size)
+        metrics.UPLOAD_LAG.labels(code).set(time.time() - oldest if oldest else 0)
