@@ -204,7 +204,7 @@ class Anonymiser:
         obj_key = layout.staged_instance_key(
             code, result.study_uid, result.sop_instance_uid, digest
         )
-        self.store.put_bytes(self.buckets.staging, obj_key, result.data)
+        self.store.put_bytes(self.buckets.staging, obj_key, result.data, sha256=digest)
         return outcome, {
             "key": obj_key,
             "sha256": digest,

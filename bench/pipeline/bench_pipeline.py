@@ -21,8 +21,12 @@ in an order that rotates from round to round:
   threads each (the anonymiser's instance parallelism), no DICOM work.
 
 CPU ms per instance is per process (utime + stime from /proc, children included: the
-receiver's SCP workers) over the timed window, weed included. Ratios are taken within a round
-(pipeline / floor, pipeline / receive) and reported as median and min-max over rounds.
+receiver's SCP workers) over the timed window, weed included, divided by N (so each
+anonymiser's figure is its share; ``anonymisers`` is their sum). ``engine alone`` is the
+tree's ``Deidentifier.process`` on 200 of the same instances in memory (process time, one
+thread), run right after each pipeline run: the anonymisers' CPU is compared with it. Ratios
+are taken within a round (pipeline / floor, pipeline / receive) and reported as median and
+min-max over rounds.
 
 Completion latency: for each size in ``--latency``, one study of that many instances is sent
 to a receiver alone (quiet period ``--quiet``); the time from the last C-STORE answered to
@@ -221,7 +225,8 @@ def wait_count(run: Run, role: str, field: str, n: int, timeout: float) -> float
         for m in run.drain(role):
             if m["message_id"] not in seen:
                 seen.add(m["message_id"])
-                total += int(m["body"][field])
+                chunk = m["body"].get("chunk") if field == "instance_count" else None
+                total += chunk["stop"] - chunk["start"] if chunk else int(m["body"][field])
         if total >= n:
             return time.monotonic()
         time.sleep(0.05)
@@ -272,9 +277,20 @@ def run_floor(args: argparse.Namespace, tree: Path, studies: list[list[Path]]) -
         files = [f for study in studies for f in study]
         procs = [
             subprocess.Popen(
-                [sys.executable, "-c", FLOOR, run.s3.endpoint, run.s3.access_key,
-                 run.s3.secret_key, q, s, *map(str, files[i :: args.anonymisers])],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                [
+                    sys.executable,
+                    "-c",
+                    FLOOR,
+                    run.s3.endpoint,
+                    run.s3.access_key,
+                    run.s3.secret_key,
+                    q,
+                    s,
+                    *map(str, files[i :: args.anonymisers]),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
             )
             for i in range(args.anonymisers)
         ]
@@ -309,6 +325,35 @@ def run_latency(args: argparse.Namespace, tree: Path, files: list[Path]) -> floa
         return announced - sent - args.quiet
     finally:
         run.close()
+
+
+ENGINE = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from consumers.deid import Deidentifier, DeidPolicy
+from smartbox.keys import RegionalKey
+engine = Deidentifier(RegionalKey(b"bench-" + b"k" * 32), DeidPolicy(trust_code="BNC"))
+datas = [Path(p).read_bytes() for p in sys.argv[2:]]
+engine.process(datas[0])
+t0 = time.process_time()
+for data in datas:
+    engine.process(data)
+print((time.process_time() - t0) * 1000 / len(datas))
+"""
+
+
+def engine_ms(tree: Path, files: list[Path]) -> float:
+    """CPU ms per instance of the tree's engine alone (``Deidentifier.process``, bytes in
+    memory, one thread): what the anonymiser's CPU per instance is compared with."""
+    out = subprocess.run(
+        [sys.executable, "-c", ENGINE, str(tree), *map(str, files)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    return float(out.stdout.strip())
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -348,11 +393,18 @@ def main() -> int:
     modes = [m for m in args.modes.split(",") if m]
     runners = {"pipeline": run_pipeline, "receive": run_receive, "floor": run_floor}
     results: dict[str, list[dict]] = {m: [] for m in modes}
+    engine: list[float] = []
     for r in range(args.rounds):
         order = modes[r % len(modes) :] + modes[: r % len(modes)]
         for mode in order:
             res = runners[mode](args, tree, studies)
             results[mode].append(res)
+            if mode == "pipeline":  # the engine alone, right after, on the same instances
+                engine.append(engine_ms(tree, studies[0][:200]))
+                res["cpu"]["anonymisers"] = sum(
+                    v for k, v in res["cpu"].items() if k.startswith("anonymiser")
+                )
+                res["cpu"]["engine alone"] = engine[-1] * res["n"]
             per = {k: round(v / res["n"], 2) for k, v in res["cpu"].items()}
             extra = f", announced after {res['announced']:.1f}s" if "announced" in res else ""
             print(
@@ -372,9 +424,10 @@ def main() -> int:
     for mode, runs in results.items():
         lines.append(f"{mode}: {spread([x['rate'] for x in runs])} inst/s")
         for proc in runs[0]["cpu"]:
-            lines.append(
-                f"  {proc} CPU ms/inst: {spread([x['cpu'][proc] / x['n'] for x in runs])}"
-            )
+            lines.append(f"  {proc} CPU ms/inst: {spread([x['cpu'][proc] / x['n'] for x in runs])}")
+    if engine:
+        ratios = [x["cpu"]["anonymisers"] / x["cpu"]["engine alone"] for x in results["pipeline"]]
+        lines.append(f"anonymisers CPU / engine alone: {spread(ratios)}")
     sizes = [int(x) for x in args.latency.split(",") if x]
     if sizes:
         big = [f for s in corpus(max(sizes), 1) for f in s]

@@ -117,5 +117,5 @@ def test_one_big_study_is_shared_by_two_anonymisers_and_staged_once(
     assert sorted(manifest["series"].values()) == [250, 250]
     objects = [k for k in p.objects("staging", "RBG/") if k.endswith(".dcm")]
     assert sorted(objects) == sorted(e["key"] for e in entries)
-    for entry in entries[:: 25]:
+    for entry in entries[::25]:
         assert hashlib.sha256(p.read("staging", entry["key"])).hexdigest() == entry["sha256"]
