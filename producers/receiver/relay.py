@@ -181,6 +181,9 @@ class Relay:
             self.trust.quiet_seconds, self.trust.max_wait_seconds
         ):
             self.spool.open_batch(study_key)
+        if self._uploader is None:  # stepped by hand (no upload thread): upload first
+            while self.upload_pending():
+                pass
         announced = 0
         for batch_id, study_key, amendment in self.spool.open_batches():
             announced += self.announce(batch_id, study_key, amendment)
