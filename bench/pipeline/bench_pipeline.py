@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/pipeline/bench_pipeline.py [--n 2000] [--studies 10] [--rounds 3] \
         [--anonymisers 2] [--associations 2] [--quiet 1.0] [--latency 100,500,2000] \
-        [--latency-rounds 2] [--tree DIR] [--markdown]
+        [--latency-rounds 2] [--tree DIR] [--baseline DIR] [--markdown]
 
 Real RabbitMQ (``--amqp``, 127.0.0.1:5672) and a fresh SeaweedFS ``weed mini`` per run (free
 ports, as ``tests/conftest.py`` starts it). The corpus is N synthetic 0.53 MB CT instances
@@ -35,7 +35,9 @@ polls every 0.5 s, so that is its resolution).
 
 ``--tree DIR`` runs the smartbox processes from another checkout (``git worktree add
 /tmp/base c45beb2``): the harness, RabbitMQ and weed are the same, only the code under test
-differs. The machine's load average is printed with the figures.
+differs. ``--baseline DIR`` runs that checkout too, alternating with ``--tree`` in every round
+(the order flips each round), and adds the ratio of their pipeline rates. The machine's load
+average is printed with the figures.
 """
 
 from __future__ import annotations
@@ -365,53 +367,7 @@ def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--n", type=int, default=2000)
-    ap.add_argument("--studies", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--anonymisers", type=int, default=2)
-    ap.add_argument("--associations", type=int, default=2)
-    ap.add_argument("--quiet", type=float, default=1.0, help="the trust's quiet period (s)")
-    ap.add_argument("--latency", default="100,500,2000", help="study sizes ('' for none)")
-    ap.add_argument("--latency-rounds", type=int, default=2)
-    ap.add_argument("--modes", default="floor,receive,pipeline")
-    ap.add_argument("--tree", type=Path, default=ROOT, help="checkout whose smartbox runs")
-    ap.add_argument("--trust-extra", default="", help="extra lines for the trust file")
-    ap.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/%2F")
-    ap.add_argument("--markdown", action="store_true")
-    args = ap.parse_args()
-    if not (args.tree / "smartbox" / "__main__.py").is_file():
-        print(f"bench_pipeline: {args.tree} is not a smartbox checkout", file=sys.stderr)
-        return 2
-    tree = args.tree.resolve()
-    rev = subprocess.run(
-        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    print(f"tree {tree} ({rev}); load average {loadavg()}", flush=True)
-    studies = corpus(args.n, args.studies)
-    modes = [m for m in args.modes.split(",") if m]
-    runners = {"pipeline": run_pipeline, "receive": run_receive, "floor": run_floor}
-    results: dict[str, list[dict]] = {m: [] for m in modes}
-    engine: list[float] = []
-    for r in range(args.rounds):
-        order = modes[r % len(modes) :] + modes[: r % len(modes)]
-        for mode in order:
-            res = runners[mode](args, tree, studies)
-            results[mode].append(res)
-            if mode == "pipeline":  # the engine alone, right after, on the same instances
-                engine.append(engine_ms(tree, studies[0][:200]))
-                res["cpu"]["anonymisers"] = sum(
-                    v for k, v in res["cpu"].items() if k.startswith("anonymiser")
-                )
-                res["cpu"]["engine alone"] = engine[-1] * res["n"]
-            per = {k: round(v / res["n"], 2) for k, v in res["cpu"].items()}
-            extra = f", announced after {res['announced']:.1f}s" if "announced" in res else ""
-            print(
-                f"round {r + 1} {mode:8s} {res['rate']:6.1f} inst/s ({res['seconds']:.1f}s{extra});"
-                f" CPU ms/inst {json.dumps(per)}; load {loadavg()}",
-                flush=True,
-            )
+def summary(results: dict[str, list[dict]]) -> list[str]:
     lines = []
     if "pipeline" in results:
         for ref in ("floor", "receive"):
@@ -425,27 +381,95 @@ def main() -> int:
         lines.append(f"{mode}: {spread([x['rate'] for x in runs])} inst/s")
         for proc in runs[0]["cpu"]:
             lines.append(f"  {proc} CPU ms/inst: {spread([x['cpu'][proc] / x['n'] for x in runs])}")
-    if engine:
+    if "pipeline" in results:
         ratios = [x["cpu"]["anonymisers"] / x["cpu"]["engine alone"] for x in results["pipeline"]]
         lines.append(f"anonymisers CPU / engine alone: {spread(ratios)}")
+    return lines
+
+
+def checkout(path: Path) -> tuple[Path, str]:
+    if not (path / "smartbox" / "__main__.py").is_file():
+        raise SystemExit(f"bench_pipeline: {path} is not a smartbox checkout")
+    tree = path.resolve()
+    rev = subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    return tree, rev
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--studies", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--anonymisers", type=int, default=2)
+    ap.add_argument("--associations", type=int, default=2)
+    ap.add_argument("--quiet", type=float, default=1.0, help="the trust's quiet period (s)")
+    ap.add_argument("--latency", default="100,500,2000", help="study sizes ('' for none)")
+    ap.add_argument("--latency-rounds", type=int, default=2)
+    ap.add_argument("--modes", default="floor,receive,pipeline")
+    ap.add_argument("--tree", type=Path, default=ROOT, help="checkout whose smartbox runs")
+    ap.add_argument(
+        "--baseline", type=Path, help="another checkout, run alternately with --tree each round"
+    )
+    ap.add_argument("--trust-extra", default="", help="extra lines for the trust file")
+    ap.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/%2F")
+    ap.add_argument("--markdown", action="store_true")
+    args = ap.parse_args()
+    trees = [checkout(p) for p in ([args.baseline] if args.baseline else []) + [args.tree]]
+    for tree, rev in trees:
+        print(f"tree {tree} ({rev}); load average {loadavg()}", flush=True)
+    studies = corpus(args.n, args.studies)
+    modes = [m for m in args.modes.split(",") if m]
+    runners = {"pipeline": run_pipeline, "receive": run_receive, "floor": run_floor}
+    results: dict[str, dict[str, list[dict]]] = {rev: {m: [] for m in modes} for _t, rev in trees}
+    for r in range(args.rounds):
+        order = modes[r % len(modes) :] + modes[: r % len(modes)]
+        for tree, rev in trees if r % 2 == 0 else trees[::-1]:
+            for mode in order:
+                res = runners[mode](args, tree, studies)
+                results[rev][mode].append(res)
+                if mode == "pipeline":  # the engine alone, right after, on the same instances
+                    res["cpu"]["anonymisers"] = sum(
+                        v for k, v in res["cpu"].items() if k.startswith("anonymiser")
+                    )
+                    res["cpu"]["engine alone"] = engine_ms(tree, studies[0][:200]) * res["n"]
+                per = {k: round(v / res["n"], 2) for k, v in res["cpu"].items()}
+                extra = f", announced after {res['announced']:.1f}s" if "announced" in res else ""
+                print(
+                    f"round {r + 1} {rev} {mode:8s} {res['rate']:6.1f} inst/s"
+                    f" ({res['seconds']:.1f}s{extra}); CPU ms/inst {json.dumps(per)};"
+                    f" load {loadavg()}",
+                    flush=True,
+                )
+    lines = {rev: summary(results[rev]) for _t, rev in trees}
+    if len(trees) == 2 and "pipeline" in modes:
+        (_b, before), (_a, after) = trees
+        ratios = [
+            a["rate"] / b["rate"]
+            for a, b in zip(results[after]["pipeline"], results[before]["pipeline"], strict=True)
+        ]
+        lines[after].append(f"pipeline rate {after} / {before}: {spread(ratios)}")
     sizes = [int(x) for x in args.latency.split(",") if x]
     if sizes:
         big = [f for s in corpus(max(sizes), 1) for f in s]
         for size in sizes:
-            beyond = [run_latency(args, tree, big[:size]) for _ in range(args.latency_rounds)]
-            lines.append(
-                f"completion beyond quiet, {size} instances: "
-                + ", ".join(f"{b:.2f}s" for b in beyond)
-            )
-            print(lines[-1], flush=True)
-    print(f"\nsummary ({rev}, {args.rounds} rounds, load average {loadavg()}):")
-    print("\n".join(lines))
-    if args.markdown:
-        print("\n| measure | median (min-max) |\n|---|---|")
-        for line in lines:
-            if ":" in line:
-                k, v = line.strip().split(":", 1)
-                print(f"| {k} | {v.strip()} |")
+            for tree, rev in trees:
+                beyond = [run_latency(args, tree, big[:size]) for _ in range(args.latency_rounds)]
+                lines[rev].append(
+                    f"completion beyond quiet, {size} instances: "
+                    + ", ".join(f"{b:.2f}s" for b in beyond)
+                )
+                print(rev, lines[rev][-1], flush=True)
+    for _tree, rev in trees:
+        print(f"\nsummary ({rev}, {args.rounds} rounds, load average {loadavg()}):")
+        print("\n".join(lines[rev]))
+        if args.markdown:
+            print("\n| measure | median (min-max) |\n|---|---|")
+            for line in lines[rev]:
+                if ":" in line:
+                    k, v = line.strip().split(":", 1)
+                    print(f"| {k} | {v.strip()} |")
     return 0
 
 
