@@ -167,6 +167,8 @@ class Relay:
             except Exception:  # noqa: BLE001 - gauges must not stop the relay
                 log.exception("%s: spool gauges failed", self.trust.code)
             stop.wait(self.poll_seconds)
+        if self._uploader is not None:  # the upload thread's last submissions first
+            self._uploader.join()
         self._uploads.shutdown(wait=True)
 
     def step(self) -> int:
