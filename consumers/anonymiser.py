@@ -44,11 +44,14 @@ from smartbox.store import ObjectStore, get_json, put_json
 from smartbox.transfer import BadObject, read_verified
 from smartbox.trusts import TrustConfig, TrustRegistry
 
+from . import study_parts
 from .identity_check import conflicts, earlier_study
 from .identity_index import IdentityIndex
+from .study_parts import Staged
 from .withdraw import WithdrawalRegistry
 
 log = logging.getLogger(__name__)
+BATCH_CACHE = 8  # quarantine batch manifests kept for their next chunks
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,7 @@ class Anonymiser:
         self._lock = threading.Lock()
         self._ready = False
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="deid")
+        self._batches: dict[tuple[str, str], dict[str, Any]] = {}
         self._withdrawn = WithdrawalRegistry(store, buckets.staging)
         # identifier -> pseudonym per key version, so that a key rotation keeps linkage
         self.index = index
@@ -174,7 +178,7 @@ class Anonymiser:
         obj_key = layout.staged_instance_key(
             code, result.study_uid, result.sop_instance_uid, digest
         )
-        self.store.put_bytes(self.buckets.staging, obj_key, result.data)
+        self.store.put_bytes(self.buckets.staging, obj_key, result.data, sha256=digest)
         return outcome, {
             "key": obj_key,
             "sha256": digest,
@@ -225,42 +229,53 @@ class Anonymiser:
         staged_as = [s.get("patient") if s is not None else None for _o, s in outcomes]
         return conflicts([o.identity for o, _s in outcomes], staged_as, patients), keys
 
-    def handle(self, message: dict[str, Any]) -> None:
-        started = time.monotonic()
-        code = message["trust"]
-        _trust, engine = self.engine_for(code)
-        if not self._ready:
-            self.store.ensure_bucket(self.buckets.staging)
-            self._ready = True
-        body = message["body"]
-        self._withdrawn.refresh()  # a withdrawal since the last batch takes effect now
-        batch = get_json(self.store, body["bucket"], body["batch_key"])
-        try:  # a storage contract, checked on read as the receiver checked it on write
-            schemas.validate_document("quarantine.batch", batch)
-        except SchemaError as exc:
-            raise PermanentError(f"batch manifest invalid: {exc}") from None
+    def _batch(self, body: dict[str, Any], code: str) -> dict[str, Any]:
+        """The quarantine batch manifest, validated; kept for the batch's next chunks (the
+        same replica often takes several chunks of one batch)."""
+        cache_key = (body["bucket"], body["batch_key"])
+        with self._lock:
+            batch = self._batches.get(cache_key)
+        if batch is None:
+            batch = get_json(self.store, body["bucket"], body["batch_key"])
+            try:  # a storage contract, checked on read as the receiver checked it on write
+                schemas.validate_document("quarantine.batch", batch)
+            except SchemaError as exc:
+                raise PermanentError(f"batch manifest invalid: {exc}") from None
+            with self._lock:
+                self._batches[cache_key] = batch
+                while len(self._batches) > BATCH_CACHE:
+                    self._batches.pop(next(iter(self._batches)))
         if batch["study_key"] != body["study_key"] or batch["trust"] != code:
             raise PermanentError("batch manifest does not belong to this message")
-        instances = batch["instances"]
-        staged: list[dict[str, Any]] = []
-        held: list[dict[str, str]] = []
-        reasons: Counter[Reason] = Counter()
-        study_uid: str | None = None
-        fallbacks = 0
-        # instances of a batch in parallel: S3 round trips overlap with de-identification
+        return batch
+
+    @staticmethod
+    def _chunk(body: dict[str, Any], batch: dict[str, Any]) -> dict[str, int]:
+        """The slice of the batch this message covers (v1: all of it)."""
+        total = len(batch["instances"])
+        chunk = body.get("chunk") or {"index": 0, "count": 1, "start": 0, "stop": total}
+        if not (0 <= chunk["start"] < chunk["stop"] <= total and chunk["index"] < chunk["count"]):
+            raise PermanentError("study.arrived chunk is not a slice of its batch")
+        return dict(chunk)
+
+    def _stage(
+        self, engine: Any, code: str, body: dict[str, Any], entries: list[dict[str, Any]]
+    ) -> tuple[Staged, list[Linkage]]:
+        """De-identify and stage ``entries`` (a batch or one chunk of it)."""
+        # instances in parallel: S3 round trips overlap with de-identification
         outcomes = list(
             self._pool.map(
                 # the message's log context goes with each instance to the pool's threads
                 logs.carry(lambda e: self._one(engine, code, body["bucket"], e)),
-                batch["instances"],
+                entries,
             )
         )
         mixed, keep = self._identity_conflict(code, body["batch_id"], outcomes)
+        staged = Staged()
         linkages: list[Linkage] = []
-        for entry, (result, staged_entry), odd in zip(
-            batch["instances"], outcomes, mixed, strict=True
-        ):
-            study_uid = study_uid or result.study_uid
+        for entry, (result, staged_entry), odd in zip(entries, outcomes, mixed, strict=True):
+            staged.study_uid = staged.study_uid or result.study_uid
+            source = entry["key"].rsplit("/", 1)[-1]
             if odd and staged_entry is not None:  # one study, one patient: never staged
                 if staged_entry["key"] not in keep:
                     self.store.delete(self.buckets.staging, staged_entry["key"])
@@ -272,22 +287,91 @@ class Anonymiser:
                 )
             if staged_entry is None:
                 reason = result.reason or Reason.DEID_ERROR
-                reasons[reason] += 1
-                item = {"source": entry["key"].rsplit("/", 1)[-1], "reason": reason.value}
+                item = {"source": source, "reason": reason.value}
                 if result.detail:
                     item["detail"] = result.detail
-                held.append(item)
+                staged.held_back.append(item)
                 continue
             if not result.nhs_number_valid:
-                fallbacks += 1
-            staged.append(staged_entry)
+                staged.fallbacks += 1
+            staged.instances.append(staged_entry)
+            staged.sources.append(source)
             if result.linkage is not None:
                 linkages.append(result.linkage)
+        return staged, linkages
+
+    def handle(self, message: dict[str, Any]) -> None:
+        started = time.monotonic()
+        code = message["trust"]
+        _trust, engine = self.engine_for(code)
+        if not self._ready:
+            self.store.ensure_bucket(self.buckets.staging)
+            self._ready = True
+        body = message["body"]
+        self._withdrawn.refresh()  # a withdrawal since the last batch takes effect now
+        batch = self._batch(body, code)
+        chunk = self._chunk(body, batch)
+        entries = batch["instances"][chunk["start"] : chunk["stop"]]
+        staged, linkages = self._stage(engine, code, body, entries)
+        metrics.INSTANCES_PROCESSED.labels(code).inc(len(entries))
+        if self.index is not None:  # before the study is announced for export: durable first
+            for linkage in linkages:
+                self.index.record(code, self.key.version, linkage)
+        provenance = {
+            "deidentification": describe_profile(engine.policy),
+            "key_version": self.key.version,
+            "code_version": __version__,
+        }
+        parts: list[str] = []
+        if chunk["count"] > 1:
+            bucket = self.buckets.staging
+            study_parts.write_part(self.store, bucket, body, code, staged, provenance)
+            parts = study_parts.part_keys(
+                self.store, bucket, code, body["batch_id"], chunk["count"]
+            )
+            if len(parts) < chunk["count"]:
+                log.info(
+                    "%s: study %s batch %s chunk %d of %d staged %d, held back %d",
+                    code,
+                    body["study_key"],
+                    body["batch_id"],
+                    chunk["index"] + 1,
+                    chunk["count"],
+                    len(staged.instances),
+                    len(staged.held_back),
+                )
+                return  # the chunk that completes the set announces the batch
+            staged, provenance, odd = study_parts.merge(self.store, bucket, parts)
+            if odd and staged.study_uid:
+                _patients, keep = earlier_study(
+                    self.store, bucket, code, staged.study_uid, body["batch_id"]
+                )
+                for key in odd:
+                    if key not in keep:
+                        self.store.delete(bucket, key)
+        self._announce(message, engine, batch, staged, provenance, started)
+        study_parts.delete_parts(self.store, self.buckets.staging, parts)
+
+    def _announce(
+        self,
+        message: dict[str, Any],
+        engine: Any,
+        batch: dict[str, Any],
+        staged_batch: Staged,
+        provenance: dict[str, Any],
+        started: float,
+    ) -> None:
+        """Write the batch's study manifest and publish ``study.staged`` (confirmed)."""
+        code, body = message["trust"], message["body"]
+        instances = batch["instances"]
+        staged, held = staged_batch.instances, staged_batch.held_back
+        reasons = staged_batch.reasons()
+        fallbacks = staged_batch.fallbacks
         if instances and reasons[Reason.SOURCE_MISSING] == len(instances):
             # none of the originals exists: a storage problem for a human, not a study to
             # announce empty (the message stays replayable in the dead-letter queue)
             raise PermanentError("no quarantine object of the batch exists")
-        study_uid = study_uid or staged_study_uid_fallback(self.key, body["study_key"])
+        study_uid = staged_batch.study_uid or staged_study_uid_fallback(self.key, body["study_key"])
         # a smartbox probe: every staged instance is the reserved probe patient's (never exported)
         probe = engine.patient_pseudonym(None, PROBE_PATIENT_ID)[0]
         synthetic = bool(staged) and all(s["patient"] == probe for s in staged)
@@ -300,15 +384,10 @@ class Anonymiser:
             "series": dict(Counter(str(s["series_uid"] or "unknown") for s in staged)),
             "instances": staged,
             "held_back": held,
-            "deidentification": describe_profile(engine.policy),
-            "key_version": self.key.version,
-            "code_version": __version__,
+            **provenance,
             **({"synthetic": True} if synthetic else {}),
         }
         schemas.validate_document("staging.study", manifest)  # a storage contract, checked on write
-        if self.index is not None:  # before the study is announced for export: durable first
-            for linkage in linkages:
-                self.index.record(code, self.key.version, linkage)
         put_json(self.store, self.buckets.staging, manifest_key, manifest)
         out = schemas.make_message(
             "study.staged",
@@ -321,7 +400,7 @@ class Anonymiser:
                 "study_uid": study_uid,
                 "bucket": self.buckets.staging,
                 "manifest_key": manifest_key,
-                "instances_in": len(batch["instances"]),
+                "instances_in": len(instances),
                 "instances_staged": len(staged),
                 "instances_held_back": len(held),
                 "held_back_reasons": {r.value: n for r, n in sorted(reasons.items())},

@@ -22,7 +22,7 @@ from referencing import Registry, Resource
 from smartbox.errors import SchemaError
 
 SCHEMAS: dict[str, int] = {
-    "study.arrived": 1,
+    "study.arrived": 2,
     "study.staged": 1,
     "export.batch": 2,
     "export.receipt": 2,
@@ -32,6 +32,7 @@ SCHEMAS: dict[str, int] = {
 }
 #: earlier versions still shipped, so the loader can name what an old message was
 SUPERSEDED: dict[str, tuple[int, ...]] = {
+    "study.arrived": (1,),
     "export.batch": (1,),
     "export.receipt": (1,),
     # still written for a batch without clinical records (and read): v2 adds them
@@ -41,6 +42,7 @@ SUPERSEDED: dict[str, tuple[int, ...]] = {
 DOCUMENTS: dict[str, int] = {
     "quarantine.batch": 1,
     "staging.study": 1,
+    "staging.part": 1,
     "national.batch": 2,
     "rotation.map": 1,
     # what a trust submits (identifiable: validated in the box, never stored) and what is kept
@@ -67,11 +69,35 @@ def _registry() -> Registry:
     return Registry().with_resources(resources_)
 
 
+def _inline(node: Any, resolver: Any, depth: int = 0) -> Any:
+    """``node`` with every ``$ref`` replaced by what it points at (a ``$ref`` with siblings
+    becomes ``allOf``, as 2020-12 applies both). Validating a 2,000-instance manifest spent
+    most of its time resolving the same ``$ref`` per instance; inlined, it is ~4x faster."""
+    if depth > 64:
+        raise RecursionError("schema too deep to inline")
+    if isinstance(node, dict):
+        if "$ref" in node:
+            resolved = resolver.lookup(node["$ref"])
+            target = _inline(resolved.contents, resolved.resolver, depth + 1)
+            if isinstance(target, dict):
+                target = {k: v for k, v in target.items() if k not in ("$id", "$schema")}
+            rest = {k: _inline(v, resolver, depth + 1) for k, v in node.items() if k != "$ref"}
+            return {"allOf": [target], **rest} if rest else target
+        return {k: _inline(v, resolver, depth + 1) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_inline(v, resolver, depth + 1) for v in node]
+    return node
+
+
 @cache
 def validator(name: str, version: int) -> Draft202012Validator:
-    """A compiled validator for one schema version."""
+    """A compiled validator for one schema version (its ``$ref``s inlined once)."""
     contents = _registry().contents(schema_file(name, version))
-    return Draft202012Validator(contents, registry=_registry(), format_checker=FormatChecker())
+    try:
+        inlined = _inline(contents, _registry().resolver(base_uri=contents["$id"]))
+    except RecursionError:  # a recursive schema: resolved as it is used
+        inlined = contents
+    return Draft202012Validator(inlined, registry=_registry(), format_checker=FormatChecker())
 
 
 def load(name: str, version: int) -> dict[str, Any]:

@@ -11,6 +11,9 @@
                                                                       (clinical.record v1; a new
                                                                       version is a new key)
                 <trust>/_clinical/submissions/<submission_id>.json    what one clinical submit did
+                _parts/<trust>/<batch_id>/<index>-of-<count>.json     one chunk's part of a
+                                                                      batch's manifest (until
+                                                                      the batch is announced)
                 _export/...                                           exporter state (below)
     national    the staged instance, study manifest and clinical record keys, unchanged
                 _batches/<trust>/<batch_id>.json (+ .sig)             signed national batch manifest
@@ -173,6 +176,28 @@ def clinical_withdrawal_prefix(trust: str) -> str:
 def clinical_withdrawal_key(trust: str, export_id: str) -> str:
     """A withdrawal of an exported clinical record version, waiting for the trust's next batch."""
     return f"{clinical_withdrawal_prefix(trust)}{export_id}.json"
+PARTS = "_parts/"
+_PART = re.compile(
+    r"^_parts/[A-Z0-9]{2,8}/[0-9a-f]{32}/(?P<index>\d{5})-of-(?P<count>\d{5})\.json$"
+)
+
+
+def manifest_parts_prefix(trust: str, batch_id: str) -> str:
+    """The parts of one batch's study manifest, one per ``study.arrived`` chunk."""
+    return f"{PARTS}{trust}/{batch_id}/"
+
+
+def manifest_part_key(trust: str, batch_id: str, index: int, count: int) -> str:
+    """Chunk ``index`` of ``count``: the manifest entries of the instances that chunk staged."""
+    return f"{manifest_parts_prefix(trust, batch_id)}{index:05d}-of-{count:05d}.json"
+
+
+def parse_manifest_part_key(key: str) -> tuple[int, int]:
+    """(index, count) of a manifest part key (ValueError if it is not one)."""
+    m = _PART.match(key)
+    if not m:
+        raise ValueError("not a manifest part key")
+    return int(m["index"]), int(m["count"])
 
 
 # --- exporter state (staging bucket) --------------------------------------------------------

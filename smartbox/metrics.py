@@ -70,6 +70,21 @@ OLDEST_UNPUBLISHED = Gauge(
     "Age of the oldest received instance not yet announced in study.arrived",
     ["trust"],
 )
+UPLOAD_BACKLOG = Gauge(
+    "smartbox_receiver_upload_backlog_instances",
+    "Instances in the spool not yet uploaded to quarantine (the relay uploads while receiving)",
+    ["trust"],
+)
+UPLOAD_BACKLOG_BYTES = Gauge(
+    "smartbox_receiver_upload_backlog_bytes",
+    "Bytes in the spool not yet uploaded to quarantine",
+    ["trust"],
+)
+UPLOAD_LAG = Gauge(
+    "smartbox_receiver_upload_lag_seconds",
+    "Age of the oldest instance not yet uploaded to quarantine (0: none waiting)",
+    ["trust"],
+)
 LEDGER_PRUNED = Counter(
     "smartbox_receiver_ledger_pruned_total",
     "Ledger rows of published instances forgotten after ledger_retention_days",
@@ -88,6 +103,12 @@ STUDY_COMPLETION = Histogram(
 # --- anonymiser ---------------------------------------------------------------------------
 INSTANCES_STAGED = Counter(
     "smartbox_instances_staged_total", "De-identified instances written to staging", ["trust"]
+)
+INSTANCES_PROCESSED = Counter(
+    "smartbox_anonymiser_instances_processed_total",
+    "Instances this anonymiser de-identified or held back (its share of the work; a batch "
+    "announced in chunks is shared by several anonymisers)",
+    ["trust"],
 )
 STUDIES_STAGED = Counter(
     "smartbox_studies_staged_total", "study.staged events confirmed by the broker", ["trust"]

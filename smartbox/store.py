@@ -39,8 +39,9 @@ class ObjectStore(Protocol):
 
     def ensure_bucket(self, bucket: str) -> None: ...
 
-    def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
-        """Store ``data`` durably under ``key`` (overwriting): returns only once durable."""
+    def put_bytes(self, bucket: str, key: str, data: bytes, *, sha256: str | None = None) -> None:
+        """Store ``data`` durably under ``key`` (overwriting): returns only once durable.
+        ``sha256``: the data's digest when the caller has it (not computed again)."""
 
     def put_file(self, bucket: str, key: str, path: Path) -> None:
         """Store a local file's content under ``key``, streamed (large files stay off the heap)."""
@@ -242,7 +243,7 @@ class LocalStore(_LocalConditional):
     def ensure_bucket(self, bucket: str) -> None:
         (self.root / bucket).mkdir(parents=True, exist_ok=True)
 
-    def put_bytes(self, bucket: str, key: str, data: bytes) -> None:
+    def put_bytes(self, bucket: str, key: str, data: bytes, *, sha256: str | None = None) -> None:
         self._bucket(bucket)
         try:
             atomic_write(self._path(bucket, key), data)

@@ -81,6 +81,9 @@ class TrustConfig:
     #: the ``[retrieve]`` table as written (the trust's archives for cohort retrieval): parsed
     #: and validated by its one owner, ``producers.retrieve.config``
     retrieve: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    #: at most this many instances per ``study.arrived`` message: a big study is announced in
+    #: chunks that several anonymisers process side by side (one study manifest all the same)
+    announce_chunk_instances: int = 200
 
     def caller_allowed(self, calling_ae: str, address: str | None) -> tuple[bool, str]:
         """Whether a source address and calling AE title may associate; and why not.
@@ -125,6 +128,7 @@ _TRUST_KEYS = {
     "ledger_retention_days",
     "backfill",
     "backfill_callers",
+    "announce_chunk_instances",
     "prospective_max_age_days",
     "retrieve",
 }
@@ -264,6 +268,7 @@ def parse_trust(path: Path, raw: Mapping[str, Any]) -> TrustConfig:
         backfill_callers=tuple(backfill_callers),
         prospective_max_age_days=_number(path, raw, "prospective_max_age_days", 30, 0, 36500),
         retrieve=dict(retrieve),
+        announce_chunk_instances=_integer(path, raw, "announce_chunk_instances", 200, 1, 100000),
     )
 
 

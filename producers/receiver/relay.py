@@ -1,11 +1,20 @@
-"""The outbox relay: from the ledger to ``quarantine`` and ``study.arrived``, on its own thread.
+"""The outbox relay: from the ledger to ``quarantine`` and ``study.arrived``, on two threads.
 
-A study is complete when it has been quiet for ``quiet_seconds`` (or its oldest pending instance
-has waited ``max_wait_seconds``). Its pending instances become a batch: each file is uploaded,
-a batch manifest is written next to them, then ``study.arrived`` is published and confirmed;
-only then are the spool files deleted. Every step is repeatable, so a crash or an outage
-repeats work and never skips it. Instances that arrive after a study was announced form a new
-batch marked ``amendment``.
+The upload thread puts each instance in quarantine as soon as it is in the ledger (oldest
+first, across every study of the trust, ``UPLOAD_THREADS`` PUTs in parallel over one warm
+connection pool), so the uploads overlap with receiving and a study's bytes are mostly in
+quarantine by the time it goes quiet. The relay thread batches a study once it has been quiet
+for ``quiet_seconds`` (or its oldest pending instance has waited ``max_wait_seconds``); when
+every instance of the batch is uploaded it writes the batch manifest, publishes
+``study.arrived`` (in chunks of at most ``announce_chunk_instances`` instances, one message
+each, so that several anonymisers share a big study) and, once every message is confirmed,
+deletes the spool files. Every step is repeatable (content-addressed keys, the ledger records
+progress), so a crash or an outage repeats work and never skips it. Instances that arrive
+after a study was announced form a new batch marked ``amendment``.
+
+Back-pressure shows before the spool's high-water mark: the instances and bytes awaiting
+upload and the age of the oldest of them are gauges (``smartbox_receiver_upload_backlog_*``,
+``smartbox_receiver_upload_lag_seconds``) with an alert in ``deploy/prometheus``.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import schemas
 from smartbox import layout, logs, metrics
@@ -30,12 +40,18 @@ from .spool import Spool
 log = logging.getLogger(__name__)
 UPLOAD_THREADS = 4  # S3 PUTs in parallel (~125/s with one, ~175/s with four: MEASUREMENTS.md)
 MAX_BACKOFF = 10.0
-UPLOAD_CHUNK = 64
+UPLOAD_CHUNK = 16  # uploads recorded in the ledger together (one transaction)
+UPLOAD_IDLE = 0.1  # seconds between ledger polls when nothing awaits upload
 PRUNE_EVERY = 600.0  # seconds between ledger prunes (the first one at start)
 
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def chunks(total: int, size: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` slices of at most ``size`` covering ``range(total)``, in order."""
+    return [(start, min(start + size, total)) for start in range(0, total, size)]
 
 
 def quarantine_key(trust: str, study_key: str, instance_key: str, sha256: str) -> str:
@@ -61,24 +77,69 @@ class Relay:
         self.bus = bus
         self.bucket = bucket
         self.poll_seconds = poll_seconds
+        self.chunk_size = max(1, trust.announce_chunk_instances)
         self.producer = schemas.producer_name("receiver", trust.code)
         self._thread: threading.Thread | None = None
-        self.healthy = True
+        self._uploader: threading.Thread | None = None
+        self.relay_healthy = True
+        self.uploads_healthy = True
         self._bucket_ready = False
         self.next_prune_at = 0.0  # monotonic; 0: at the first step
         self._uploads = ThreadPoolExecutor(
             UPLOAD_THREADS, thread_name_prefix=f"upload-{trust.code}"
         )
 
+    @property
+    def healthy(self) -> bool:
+        return self.relay_healthy and self.uploads_healthy
+
     def start(self, stop: threading.Event) -> None:
+        self._uploader = threading.Thread(
+            target=self.upload_loop, args=(stop,), name=f"uploads-{self.trust.code}", daemon=True
+        )
+        self._uploader.start()
         self._thread = threading.Thread(
             target=self.run, args=(stop,), name=f"relay-{self.trust.code}", daemon=True
         )
         self._thread.start()
 
     def join(self, timeout: float | None = None) -> None:
-        if self._thread:
-            self._thread.join(timeout)
+        for thread in (self._thread, self._uploader):
+            if thread:
+                thread.join(timeout)
+
+    def upload_loop(self, stop: threading.Event) -> None:
+        """Upload what awaits upload until ``stop``; after a failure, back off (up to
+        MAX_BACKOFF): the ledger keeps the work."""
+        backoff = self.poll_seconds
+        while not stop.is_set():
+            try:
+                if not self._bucket_ready:
+                    self.store.ensure_bucket(self.bucket)
+                    self._bucket_ready = True
+                uploaded = self.upload_pending()
+                self.uploads_healthy = True
+                backoff = self.poll_seconds
+                if not uploaded:
+                    stop.wait(UPLOAD_IDLE)
+                continue
+            except TransientError as exc:
+                metrics.RELAY_RETRIES.labels(self.trust.code).inc()
+                log.warning("%s: uploads waiting for dependencies: %s", self.trust.code, exc)
+            except Exception:  # noqa: BLE001 - keep uploading; the ledger keeps the work
+                log.exception("%s: upload failed", self.trust.code)
+            self.uploads_healthy = False
+            backoff = min(max(backoff * 2, 1.0), MAX_BACKOFF)
+            stop.wait(backoff)
+
+    def upload_pending(self, limit: int = UPLOAD_THREADS * UPLOAD_CHUNK) -> int:
+        """Upload the oldest instances awaiting upload (at most ``limit``); returns how many
+        were uploaded or found lost."""
+        code = self.trust.code
+        rows = self.spool.awaiting_upload(limit)
+        pending = [(iid, quarantine_key(code, s, i, h), path) for iid, s, i, h, path in rows]
+        lost = self._upload(pending)
+        return len(pending) if pending else lost
 
     def run(self, stop: threading.Event) -> None:
         """Step every ``poll_seconds``; after a failure, back off (up to MAX_BACKOFF) while the
@@ -89,15 +150,15 @@ class Relay:
             if time.monotonic() >= next_step:
                 try:
                     self.step()
-                    self.healthy = True
+                    self.relay_healthy = True
                     backoff = self.poll_seconds
                 except TransientError as exc:
-                    self.healthy = False
+                    self.relay_healthy = False
                     metrics.RELAY_RETRIES.labels(self.trust.code).inc()
                     log.warning("%s: relay waiting for dependencies: %s", self.trust.code, exc)
                     backoff = min(max(backoff * 2, 1.0), MAX_BACKOFF)
                 except Exception:  # noqa: BLE001 - keep relaying; the ledger keeps the work
-                    self.healthy = False
+                    self.relay_healthy = False
                     log.exception("%s: relay step failed", self.trust.code)
                     backoff = min(max(backoff * 2, 1.0), MAX_BACKOFF)
                 next_step = time.monotonic() + backoff
@@ -106,6 +167,8 @@ class Relay:
             except Exception:  # noqa: BLE001 - gauges must not stop the relay
                 log.exception("%s: spool gauges failed", self.trust.code)
             stop.wait(self.poll_seconds)
+        if self._uploader is not None:  # the upload thread's last submissions first
+            self._uploader.join()
         self._uploads.shutdown(wait=True)
 
     def step(self) -> int:
@@ -120,25 +183,24 @@ class Relay:
             self.trust.quiet_seconds, self.trust.max_wait_seconds
         ):
             self.spool.open_batch(study_key)
+        if self._uploader is None:  # stepped by hand (no upload thread): upload first
+            while self.upload_pending():
+                pass
         announced = 0
         for batch_id, study_key, amendment in self.spool.open_batches():
-            self.announce(batch_id, study_key, amendment)
-            announced += 1
+            announced += self.announce(batch_id, study_key, amendment)
         return announced
 
-    def announce(self, batch_id: str, study_key: str, amendment: bool) -> None:
+    def announce(self, batch_id: str, study_key: str, amendment: bool) -> bool:
+        """Announce a batch once every instance of it is uploaded (the upload thread puts
+        them in quarantine, oldest first); False while some are still waiting."""
         code = self.trust.code
         rows = self.spool.batch_instances(batch_id)
-        pending = [
-            (inst.id, quarantine_key(code, study_key, inst.instance_key, inst.sha256), inst.path)
-            for inst, state in rows
-            if state == "batched"
-        ]
-        if self._upload(pending):
-            rows = self.spool.batch_instances(batch_id)  # without the files that vanished
+        if any(state == "batched" for _inst, state in rows):
+            return False
         if not rows:  # every file of the batch was lost (counted): nothing to say
             self.spool.mark_published(batch_id, study_key)
-            return
+            return True
         entries = [
             {
                 "key": quarantine_key(code, study_key, inst.instance_key, inst.sha256),
@@ -172,26 +234,35 @@ class Relay:
         put_json(self.store, self.bucket, batch_key, document)
         first = min(i.received_at for i, _ in rows)
         last = max(i.received_at for i, _ in rows)
-        message = schemas.make_message(
-            "study.arrived",
-            trust=code,
-            producer=self.producer,
-            body={
-                "study_key": study_key,
-                "bucket": self.bucket,
-                "batch_key": batch_key,
-                "batch_id": batch_id,
-                "instance_count": len(entries),
-                "bytes": sum(e["size"] for e in entries),
-                "modalities": sorted({e["modality"] for e in entries}),
-                "amendment": amendment,
-                "first_received_at": _iso(first),
-                "last_received_at": _iso(last),
-                "origin": origin,
-            },
-        )
-        with logs.message_context(message):  # the study's correlation id starts here
-            self.bus.publish(message)  # returns once confirmed by the broker
+        body: dict[str, Any] = {
+            "study_key": study_key,
+            "bucket": self.bucket,
+            "batch_key": batch_key,
+            "batch_id": batch_id,
+            "instance_count": len(entries),
+            "bytes": sum(e["size"] for e in entries),
+            "modalities": sorted({e["modality"] for e in entries}),
+            "amendment": amendment,
+            "first_received_at": _iso(first),
+            "last_received_at": _iso(last),
+            "origin": origin,
+        }
+        messages: list[dict[str, Any]] = []
+        for index, (start, stop) in enumerate(chunks(len(entries), self.chunk_size)):
+            chunk = {"index": index, "count": -(-len(entries) // self.chunk_size)}
+            messages.append(
+                schemas.make_message(
+                    "study.arrived",
+                    trust=code,
+                    producer=self.producer,
+                    # one correlation id for the study, whatever the number of chunks
+                    correlation_id=messages[0]["correlation_id"] if messages else None,
+                    body={**body, "chunk": {**chunk, "start": start, "stop": stop}},
+                )
+            )
+        with logs.message_context(messages[0]):  # the study's correlation id starts here
+            for message in messages:
+                self.bus.publish(message)  # returns once confirmed by the broker
             for path in self.spool.mark_published(batch_id, study_key):
                 path.unlink(missing_ok=True)
             self.spool.forget_study_dir(study_key)
@@ -199,12 +270,14 @@ class Relay:
             metrics.INSTANCES_PUBLISHED.labels(code).inc(len(entries))
             metrics.STUDY_COMPLETION.labels(code).observe(time.time() - first)
             log.info(
-                "%s: study %s announced: %d instances%s",
+                "%s: study %s announced: %d instances in %d messages%s",
                 code,
                 study_key,
                 len(entries),
+                len(messages),
                 " (amendment)" if amendment else "",
             )
+        return True
 
     def _upload(self, pending: list[tuple[int, str, Path]]) -> int:
         """Upload files, a few in parallel, recording progress per chunk: a crash or an outage
@@ -264,3 +337,7 @@ class Relay:
         metrics.SPOOL_BYTES.labels(code).set(size)
         metrics.SPOOL_HIGH_WATER.labels(code).set(self.trust.spool_high_water_bytes)
         metrics.OLDEST_UNPUBLISHED.labels(code).set(time.time() - oldest if oldest else 0)
+        files, size, oldest = self.spool.upload_backlog()
+        metrics.UPLOAD_BACKLOG.labels(code).set(files)
+        metrics.UPLOAD_BACKLOG_BYTES.labels(code).set(size)
+        metrics.UPLOAD_LAG.labels(code).set(time.time() - oldest if oldest else 0)

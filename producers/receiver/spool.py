@@ -8,7 +8,10 @@ the ledger (SQLite serialises writers across processes; every write is one short
 
 Ledger states of an instance: ``spooled`` (on disk, acknowledged to the sender) -> ``batched``
 (assigned to a batch of its study) -> ``uploaded`` (in quarantine) -> ``published`` (its
-batch's study.arrived confirmed; spool file deleted). ``lost`` marks a row whose file vanished
+batch's study.arrived confirmed; spool file deleted). The relay uploads instances as soon as
+they are spooled, so an instance is usually ``uploaded`` before its study goes quiet: an
+``uploaded`` row without a batch is waiting for its study's batch, exactly like a ``spooled``
+one (``open_batch`` takes both). ``lost`` marks a row whose file vanished
 (a disk fault): it is counted and logged, never silently dropped, and never taken for a
 duplicate: the same bytes sent again are stored and announced. A crash at any point leaves
 rows that the relay resumes from; nothing is forgotten. The ``totals`` row keeps the bytes and
@@ -238,7 +241,8 @@ class Spool(SpoolRecovery):
         with self._lock:
             rows = self._db.execute(
                 "SELECT study_key, MAX(received_at), MIN(received_at) FROM instances"
-                " WHERE state='spooled' GROUP BY study_key"
+                " WHERE state='spooled' OR (state='uploaded' AND batch_id IS NULL)"
+                " GROUP BY study_key"
             ).fetchall()
         return [
             key
@@ -260,9 +264,10 @@ class Spool(SpoolRecovery):
             announced = db.execute(
                 "SELECT announced FROM studies WHERE study_key=?", (study_key,)
             ).fetchone()
-            cur = db.execute(
-                "UPDATE instances SET state='batched', batch_id=?"
-                " WHERE study_key=? AND state='spooled'",
+            cur = db.execute(  # an instance uploaded already keeps its state
+                "UPDATE instances SET batch_id=?,"
+                " state=CASE state WHEN 'spooled' THEN 'batched' ELSE state END"
+                " WHERE study_key=? AND batch_id IS NULL AND state IN ('spooled','uploaded')",
                 (batch_id, study_key),
             )
             if cur.rowcount == 0:
@@ -296,12 +301,34 @@ class Spool(SpoolRecovery):
             for r in rows
         ]
 
+    def awaiting_upload(self, limit: int) -> list[tuple[int, str, str, str, Path]]:
+        """(id, study_key, instance_key, sha256, path) of the oldest instances not yet in
+        quarantine, batched or not: the relay uploads them while their study is still arriving."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, study_key, instance_key, sha256, path FROM instances"
+                " WHERE state IN ('spooled','batched') ORDER BY received_at, id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [(r[0], r[1], r[2], r[3], Path(r[4])) for r in rows]
+
+    def upload_backlog(self) -> tuple[int, int, float | None]:
+        """(instances, bytes, oldest received_at) on disk and not yet in quarantine."""
+        with self._lock:
+            files, size, oldest = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(received_at) FROM instances"
+                " WHERE state IN ('spooled','batched')"
+            ).fetchone()
+        return int(files), int(size), oldest
+
     def mark_uploaded(self, instance_ids: list[int]) -> None:
+        """Record instances as in quarantine (whether or not their batch was opened since)."""
         if not instance_ids:
             return
         with self._tx() as db:
             db.executemany(
-                "UPDATE instances SET state='uploaded' WHERE id=? AND state='batched'",
+                "UPDATE instances SET state='uploaded'"
+                " WHERE id=? AND state IN ('spooled','batched')",
                 [(i,) for i in instance_ids],
             )
 

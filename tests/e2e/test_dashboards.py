@@ -73,6 +73,14 @@ QUIET: dict[str, tuple[str, str]] = {
         "every instance was published within seconds",
     ),
     "SmartboxSpoolGrowing": ("deriv(smartbox_spool_bytes[30m])", "the spool drains"),
+    "SmartboxUploadLagging": (
+        "max by (trust) (smartbox_receiver_upload_lag_seconds)",
+        "every instance was uploaded within a second of its C-STORE",
+    ),
+    "SmartboxSpoolFilling": (
+        "max by (trust) (smartbox_spool_bytes / smartbox_spool_high_water_bytes)",
+        "a few MB against a high-water mark of 50 GiB",
+    ),
     "SmartboxRelayRetrying": (
         "sum by (trust) (rate(smartbox_relay_retries_total[10m]))",
         "S3 and RabbitMQ are up: no retries",

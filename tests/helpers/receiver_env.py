@@ -30,6 +30,12 @@ KEY = RegionalKey(b"receiver-tests-" + b"7" * 32)
 CALLER = "TEST_PACS"
 
 
+def announced_instances(message: dict[str, Any]) -> int:
+    """How many instances one study.arrived covers (its chunk's slice, or the whole batch)."""
+    chunk = message["body"].get("chunk")
+    return chunk["stop"] - chunk["start"] if chunk else int(message["body"]["instance_count"])
+
+
 def trust_code() -> str:
     """A fresh trust code, so that each test reads its own metric series."""
     return "T" + uuid.uuid4().hex[:6].upper()
@@ -88,7 +94,8 @@ class LocalReceiver:
         return [m for m, _h in self.bus.messages(self.bus.topology.queue("anonymiser"))]
 
     def arrived_count(self) -> int:
-        return sum(m["body"]["instance_count"] for m in self.arrived())
+        """Instances announced: each chunk of a batch counts its own slice."""
+        return sum(announced_instances(m) for m in self.arrived())
 
     def quarantine_keys(self) -> list[str]:
         """Keys of the instance objects in quarantine (not the batch manifests)."""

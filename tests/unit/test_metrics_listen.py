@@ -82,7 +82,10 @@ def test_a_client_that_went_away_is_one_debug_line_not_a_traceback(
     finally:
         server.stop()
     err = capfd.readouterr().err
-    assert "Traceback" not in err and "----" not in err, err
+    # what socketserver's default handle_error prints (another test's logging handler may
+    # write its own complaints to this stderr: only socketserver's lines matter here)
+    assert "Exception occurred during processing of request" not in err, err
+    assert "-" * 40 not in err, err
     messages = [r.getMessage() for r in caplog.records]
     assert messages.count("metrics: client went away: BrokenPipeError") == 1
     assert "metrics: request failed: ValueError" in messages
