@@ -12,6 +12,7 @@ import struct
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -197,15 +198,35 @@ def test_a_spool_file_lost_before_a_restart_is_stored_again_when_resent(tmp_path
         r.close()
 
 
+class HeldUploads:
+    """The receiver's object store with uploads (``put_file``) held until ``gate`` is set: an
+    object store slow to answer, everything else as it is."""
+
+    def __init__(self, store: Any, gate: threading.Event) -> None:
+        self._store, self._gate = store, gate
+
+    def put_file(self, *args: Any, **kwargs: Any) -> Any:
+        self._gate.wait(30)
+        return self._store.put_file(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
 def test_a_spool_file_vanishing_while_running_is_lost_then_resent(tmp_path: Path) -> None:
     """Without a restart: the relay finds the file gone, marks it lost and announces the rest
     (instead of waiting for it forever); the resend is stored and announced."""
     files = make_ct_study(62, series=1, per_series=3).write(tmp_path / "send")
     with local_receiver(tmp_path / "rx", quiet_seconds=3) as r:
+        # the relay uploads while a study arrives: hold its uploads (the object store slow to
+        # answer) so that the file vanishes before its upload, as it could on a real box
+        gate = threading.Event()
+        r.service.relay.store = HeldUploads(r.service.relay.store, gate)
         assert send_files(r.host, r.port, r.trust.ae_title, files).statuses == [0] * 3
         victim = _victim(r)
         lost = _source_of(victim, files)
-        victim.unlink()  # well inside the 3 s quiet period: before the relay batches the study
+        victim.unlink()  # inside the quiet period and before its upload
+        gate.set()
         wait_for(lambda: r.arrived_count() == 2, 30, "the two remaining announced")
         assert r.metric("smartbox_failures_total", stage="receive", kind="spool_file_lost") == 1
         assert send_files(r.host, r.port, r.trust.ae_title, [lost]).statuses == [0]
