@@ -22,6 +22,7 @@ alternating the sizes ROUNDS times, to show how throughput scales with cores.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -119,6 +120,40 @@ for f in files:
     anon.anonymize(ds)
     ds.save_as(dst / f.name)
 print(len(files) / (time.perf_counter() - t0), 0)
+"""
+
+#: dcmanon (Rust, PyPI ``dcmanon``) in its own venv: its default profile, file in -> file out
+#: (it reads the file itself: ``anonymize(path)``); no verification, no pixel gate, the file
+#: meta copied unchanged. The same shape as ``OURS``: rate, held back, CPU ms per file.
+DCMANON = """
+import sys, time
+from pathlib import Path
+from dcmanon import Anonymizer
+anon = Anonymizer()
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+files = sorted(src.glob("*.dcm"))
+t0, c0 = time.perf_counter(), time.process_time()
+for f in files:
+    (dst / f.name).write_bytes(anon.anonymize(str(f)))
+print(len(files) / (time.perf_counter() - t0), 0, 1e3 * (time.process_time() - c0) / len(files))
+"""
+
+#: dcmanon in memory, the best of PASSES passes (as ``BEST``): bytes in, bytes out
+DCMANON_BEST = """
+import io, sys, time
+from pathlib import Path
+from dcmanon import Anonymizer
+anon = Anonymizer()
+data = [f.read_bytes() for f in sorted(Path(sys.argv[1]).glob("*.dcm"))]
+for d in data:  # warm-up pass
+    anon.anonymize(io.BytesIO(d))
+best = float("inf")
+for _ in range(int(sys.argv[4])):
+    c0 = time.process_time()
+    for d in data:
+        anon.anonymize(io.BytesIO(d))
+    best = min(best, time.process_time() - c0)
+print(len(data) / best, 0, 1e3 * best / len(data))
 """
 
 
@@ -223,6 +258,113 @@ def run_cpu(
     return float(out[0]), int(out[1]), float(out[2]) if len(out) > 2 else float("nan")
 
 
+def run_command(src: Path, dst: Path, n: int, root: Path = ROOT) -> tuple[float, int, float]:
+    """``smartbox deidentify SRC --out DST``, the real command, in a fresh process: (files/s
+    over the process's whole life, start-up included; held back; CPU ms per file, user +
+    system of the process from ``wait4``). The key comes from the environment, as an
+    operator's would; no trust: the deployment's default policy, the same options as
+    ``OURS``."""
+    for f in dst.glob("*"):
+        f.unlink()
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        SMARTBOX_PSEUDONYM_KEY="bench-secret-0123456789",
+        PYTHONPATH=str(root),
+    )
+    env.pop("SMARTBOX_SECRETS_FILE", None)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smartbox", "deidentify", str(src), "--out", str(dst)],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None  # noqa: S101 - PIPE above
+    proc.stdout.read()
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0, 3):
+        raise SystemExit(f"smartbox deidentify exited {proc.returncode}")
+    summary = json.loads((dst / "summary.json").read_text("utf-8"))
+    cpu = usage.ru_utime + usage.ru_stime
+    return n / wall, int(summary["held_back"]), 1e3 * cpu / n
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}"
+
+
+def run_references(
+    src: Path,
+    dst: Path,
+    n: int,
+    rounds: int,
+    dcmanon: str | None,
+    command: bool,
+    markdown: bool,
+) -> None:
+    """The engine loop (``OURS``), dcmanon and the ``smartbox deidentify`` command, one
+    process each, alternating ROUNDS times: wall rates and CPU ms per file, medians, each
+    ratio to the engine with its range over the rounds; then the in-memory best-of-5 CPU
+    per instance of the engine and of dcmanon (the per-core comparison least moved by the
+    neighbours' load). Load averages before and after, as the machine is shared."""
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    names = ["engine"] + (["dcmanon"] if dcmanon else []) + (["command"] if command else [])
+    rate: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(rounds):
+        for name in names:
+            if name == "engine":
+                got = run_cpu(sys.executable, OURS, src, dst)
+            elif name == "dcmanon":
+                assert dcmanon is not None  # noqa: S101 - names has it only then
+                got = run_cpu(dcmanon, DCMANON, src, dst)
+            else:
+                got = run_command(src, dst, n)
+            rate[name].append(got[0])
+            cpu[name].append(got[2])
+            print(
+                f"round {r + 1}: {name:8s} {got[0]:7.1f} files/s {got[2]:6.2f} CPU ms/file "
+                f"(held {got[1]})"
+            )
+    best: dict[str, list[float]] = {"engine": []}
+    if dcmanon:
+        best["dcmanon"] = []
+        for _ in range(rounds):
+            best["engine"].append(run_cpu(sys.executable, BEST, src, dst, "5")[2])
+            best["dcmanon"].append(run_cpu(dcmanon, DCMANON_BEST, src, dst, "5")[2])
+            print(
+                f"in memory, best of 5 passes: engine {best['engine'][-1]:.3f}, dcmanon "
+                f"{best['dcmanon'][-1]:.3f} CPU ms/instance"
+            )
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    engine = rate["engine"]
+    for name in names:
+        med, cmed = statistics.median(rate[name]), statistics.median(cpu[name])
+        ratios = [x / e for x, e in zip(rate[name], engine, strict=True)]
+        cratios = [e / x for x, e in zip(cpu[name], cpu["engine"], strict=True)]
+        print(
+            f"median: {name:8s} {med:7.1f} files/s (x{med / statistics.median(engine):.2f} the "
+            f"engine, rounds {_spread(ratios)}), {cmed:.2f} CPU ms/file (engine/this "
+            f"x{statistics.median(cpu['engine']) / cmed:.2f}, rounds {_spread(cratios)})"
+        )
+        if markdown:
+            print(
+                f"| {time.strftime('%Y-%m-%d')} | {name} | {med:.0f} | "
+                f"{med / statistics.median(engine):.2f}x ({_spread(ratios)}) | {cmed:.2f} | "
+                f"{', '.join(f'{x:.0f}' for x in rate[name])} |"
+            )
+    if dcmanon:
+        be, bd = min(best["engine"]), min(best["dcmanon"])
+        print(
+            f"in memory, best CPU per instance: engine {be:.3f} ms, dcmanon {bd:.3f} ms: "
+            f"engine at x{bd / be:.2f} dcmanon per core"
+        )
+
+
 def run_pool(src: Path, dst: Path, sizes: list[int], rounds: int, markdown: bool) -> None:
     """Ours in a process pool of each size, alternating with the plain one-process run (same
     time window, so the same machine noise); medians and speed-up over the smallest pool."""
@@ -314,6 +456,16 @@ def main() -> int:
         help="noise: random 16-bit (every pixel has overlay bits to clear); ct12",
     )
     p.add_argument("--baseline", type=Path, help="a checkout to compare with, alternating")
+    p.add_argument(
+        "--dcmanon-python",
+        help="a venv's python with dcmanon installed: run the engine, dcmanon (and --command) "
+        "alternating instead of the dicognito comparison",
+    )
+    p.add_argument(
+        "--command",
+        action="store_true",
+        help="also run `smartbox deidentify FILES --out DIR` and compare it with the engine",
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp, "in"), Path(tmp, "out")
@@ -323,6 +475,11 @@ def main() -> int:
         size = sum(f.stat().st_size for f in src.glob("*.dcm")) / args.n / 1e6
         if args.baseline:
             run_baseline(src, dst, args.baseline, args.rounds, args.markdown)
+            return 0
+        if args.dcmanon_python or args.command:
+            run_references(
+                src, dst, args.n, args.rounds, args.dcmanon_python, args.command, args.markdown
+            )
             return 0
         if args.workers:
             sizes = [int(x) for x in args.workers.split(",")]
