@@ -6,6 +6,9 @@ Writing is split around the pixel data so the verification gate can scan every b
 output except the pixels, without encoding anything twice. Pixel data is written from the
 bytes as read: never decoded, never decompressed (unless a mask rule rewrote native pixels).
 
+Reading: the plain case (little endian, defined lengths) is cut from the bytes by
+``rawread`` into the same elements ``dcmread`` would make; everything else is ``dcmread``.
+
 Speed: elements still in their received encoding (pydicom's ``RawDataElement``: everything
 the walk did not touch) are copied through as header + value bytes, sequences are assembled
 here from their items, and the output is joined once, so the 0.5 MB of pixel data is copied
@@ -35,6 +38,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from . import rawread
 from .config import InflateLimits
 from .inflate import DecompressionLimit, read_deflated
 from .table import CODE_VERSION
@@ -64,6 +68,8 @@ def read(raw: bytes, limits: InflateLimits = DEFAULT_LIMITS) -> Dataset:
         raw = b"\x00" * 128 + raw
     try:
         ds = read_deflated(raw, limits)
+        if ds is None:
+            ds = rawread.read(raw)  # the common case, faster; None: pydicom's reader
         if ds is None:
             ds = dcmread(BytesIO(raw), force=True)
     except DecompressionLimit:
