@@ -1,8 +1,9 @@
-"""Benchmark: smartbox de-identification vs dicognito on the same CT instances.
+"""Benchmark: smartbox de-identification vs dicognito and dcmanon on the same CT instances.
 
     .venv/bin/python bench/deid/bench_deid.py [--n 200] [--rounds 3] [--workers 1,2] \
         [--dicognito-python /tmp/bench-venv/bin/python] [--markdown] \
-        [--pixels noise|ct12] [--baseline /tmp/head]
+        [--pixels noise|ct12] [--baseline /tmp/head] \
+        [--dcmanon-python /tmp/dcmanon-venv/bin/python] [--command]
 
 Generates N ~0.5 MB CT instances (512x512x16 bit, ~100 attributes, private blocks, nested
 sequences) once, then runs each tool ROUNDS times, alternating, one process per run, one
@@ -13,6 +14,13 @@ RESULTS.md.
 --baseline DIR runs ours from another checkout (``git worktree add /tmp/head HEAD``) and
 from this tree, alternating, and prints the change (nothing else is run). --pixels ct12 uses
 12-bit CT values instead of 16-bit noise.
+
+--dcmanon-python PY runs the engine loop and dcmanon (Rust; PyPI ``dcmanon`` in its own
+venv: ``python3 -m venv /tmp/dcmanon-venv && /tmp/dcmanon-venv/bin/pip install dcmanon``)
+alternating, and --command adds ``smartbox deidentify IN --out OUT`` (the real command, a
+fresh process over the same files, and over one of them to take its start-up out): wall
+rates and CPU ms per file, ratios to the engine with their range over the rounds, the
+in-memory best-of-5 CPU per instance of the engine and dcmanon, and the load averages.
 
 --workers 1,2 then runs ours in a process pool of each size (one ``Deidentifier`` per
 worker process, files handed out in chunks of 8; the clock starts once every worker is up),

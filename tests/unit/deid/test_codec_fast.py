@@ -170,6 +170,13 @@ def _same_read(fast: Dataset, slow: Dataset) -> None:
     assert list(fast._dict.items()) == list(slow._dict.items())
     assert [type(e) for e in fast._dict.values()] == [type(e) for e in slow._dict.values()]
     assert list(fast.file_meta._dict.items()) == list(slow.file_meta._dict.items())
+    assert [type(e) for e in fast.file_meta._dict.values()] == [
+        type(e) for e in slow.file_meta._dict.values()
+    ]
+    assert vars(fast.file_meta).keys() == vars(slow.file_meta).keys()
+    for name, value in vars(fast.file_meta).items():
+        if name != "_dict":
+            assert value == vars(slow.file_meta)[name], name
     own, theirs = vars(fast), vars(slow)
     assert own.keys() == theirs.keys()
     for name in own.keys() - _FILE_ATTRS - {"_dict", "file_meta"}:
@@ -204,6 +211,33 @@ def test_raw_reader_takes_the_plain_cases() -> None:
     assert {"synth_ct", "planted_ct", "planted_implicit"} <= set(read)
     assert "planted_big_endian" not in read
     assert len(read) >= len(CORPUS) // 2
+
+
+def _meta_group_length(delta: int) -> bytes:
+    raw = to_bytes(ct_dataset())
+    length = int.from_bytes(raw[140:144], "little") + delta
+    return raw[:140] + length.to_bytes(4, "little") + raw[144:]
+
+
+def _meta_without_group_length() -> bytes:
+    raw = to_bytes(ct_dataset())
+    return raw[:132] + raw[144:]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [_meta_group_length(2), _meta_group_length(-2), _meta_without_group_length()],
+    ids=["group_length_long", "group_length_short", "no_group_length"],
+)
+def test_raw_reader_odd_file_meta(raw: bytes) -> None:
+    """A file meta whose group length is wrong or missing is read by pydicom's meta reader
+    (which logs it); the result is still ``dcmread``'s."""
+    from consumers.deid import rawread
+
+    assert rawread._file_meta(raw, 132) is None
+    fast = rawread.read(raw)
+    assert fast is not None
+    _same_read(fast, _dcmread(raw))
 
 
 def _undefined_sequence() -> bytes:
