@@ -25,6 +25,20 @@ RABBITMQ_URL = os.environ.get("SMARTBOX_TEST_AMQP_URL", "amqp://guest:guest@127.
 
 
 
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A command run in-process (``cli.main`` calls ``logs.setup``) points the root logger
+    at the sys.stderr of its test, which pytest closes afterwards: the root logger is put
+    back after each test, so a later test's log line does not meet a closed stream."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def rabbitmq_url() -> str:
     try:

@@ -1,8 +1,9 @@
-"""Benchmark: smartbox de-identification vs dicognito on the same CT instances.
+"""Benchmark: smartbox de-identification vs dicognito and dcmanon on the same CT instances.
 
     .venv/bin/python bench/deid/bench_deid.py [--n 200] [--rounds 3] [--workers 1,2] \
         [--dicognito-python /tmp/bench-venv/bin/python] [--markdown] \
-        [--pixels noise|ct12] [--baseline /tmp/head]
+        [--pixels noise|ct12] [--baseline /tmp/head] \
+        [--dcmanon-python /tmp/dcmanon-venv/bin/python] [--command]
 
 Generates N ~0.5 MB CT instances (512x512x16 bit, ~100 attributes, private blocks, nested
 sequences) once, then runs each tool ROUNDS times, alternating, one process per run, one
@@ -14,6 +15,13 @@ RESULTS.md.
 from this tree, alternating, and prints the change (nothing else is run). --pixels ct12 uses
 12-bit CT values instead of 16-bit noise.
 
+--dcmanon-python PY runs the engine loop and dcmanon (Rust; PyPI ``dcmanon`` in its own
+venv: ``python3 -m venv /tmp/dcmanon-venv && /tmp/dcmanon-venv/bin/pip install dcmanon``)
+alternating, and --command adds ``smartbox deidentify IN --out OUT`` (the real command, a
+fresh process over the same files, and over one of them to take its start-up out): wall
+rates and CPU ms per file, ratios to the engine with their range over the rounds, the
+in-memory best-of-5 CPU per instance of the engine and dcmanon, and the load averages.
+
 --workers 1,2 then runs ours in a process pool of each size (one ``Deidentifier`` per
 worker process, files handed out in chunks of 8; the clock starts once every worker is up),
 alternating the sizes ROUNDS times, to show how throughput scales with cores.
@@ -22,6 +30,7 @@ alternating the sizes ROUNDS times, to show how throughput scales with cores.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -119,6 +128,40 @@ for f in files:
     anon.anonymize(ds)
     ds.save_as(dst / f.name)
 print(len(files) / (time.perf_counter() - t0), 0)
+"""
+
+#: dcmanon (Rust, PyPI ``dcmanon``) in its own venv: its default profile, file in -> file out
+#: (it reads the file itself: ``anonymize(path)``); no verification, no pixel gate, the file
+#: meta copied unchanged. The same shape as ``OURS``: rate, held back, CPU ms per file.
+DCMANON = """
+import sys, time
+from pathlib import Path
+from dcmanon import Anonymizer
+anon = Anonymizer()
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+files = sorted(src.glob("*.dcm"))
+t0, c0 = time.perf_counter(), time.process_time()
+for f in files:
+    (dst / f.name).write_bytes(anon.anonymize(str(f)))
+print(len(files) / (time.perf_counter() - t0), 0, 1e3 * (time.process_time() - c0) / len(files))
+"""
+
+#: dcmanon in memory, the best of PASSES passes (as ``BEST``): bytes in, bytes out
+DCMANON_BEST = """
+import io, sys, time
+from pathlib import Path
+from dcmanon import Anonymizer
+anon = Anonymizer()
+data = [f.read_bytes() for f in sorted(Path(sys.argv[1]).glob("*.dcm"))]
+for d in data:  # warm-up pass
+    anon.anonymize(io.BytesIO(d))
+best = float("inf")
+for _ in range(int(sys.argv[4])):
+    c0 = time.process_time()
+    for d in data:
+        anon.anonymize(io.BytesIO(d))
+    best = min(best, time.process_time() - c0)
+print(len(data) / best, 0, 1e3 * best / len(data))
 """
 
 
@@ -223,6 +266,135 @@ def run_cpu(
     return float(out[0]), int(out[1]), float(out[2]) if len(out) > 2 else float("nan")
 
 
+def run_command(src: Path, dst: Path, n: int, root: Path = ROOT) -> tuple[float, int, float]:
+    """``smartbox deidentify SRC --out DST``, the real command, in a fresh process: (wall
+    seconds of the process's whole life, start-up included; held back; CPU seconds, user +
+    system of the process from ``wait4``). The key comes from the environment, as an
+    operator's would; no trust: the deployment's default policy, the same options as
+    ``OURS``."""
+    for f in dst.glob("*"):
+        f.unlink()
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        SMARTBOX_PSEUDONYM_KEY="bench-secret-0123456789",
+        PYTHONPATH=str(root),
+    )
+    env.pop("SMARTBOX_SECRETS_FILE", None)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "smartbox", "deidentify", str(src), "--out", str(dst)],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None  # noqa: S101 - PIPE above
+    proc.stdout.read()
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0, 3):
+        raise SystemExit(f"smartbox deidentify exited {proc.returncode}")
+    summary = json.loads((dst / "summary.json").read_text("utf-8"))
+    if summary["files"] != n:
+        raise SystemExit(f"smartbox deidentify saw {summary['files']} files, not {n}")
+    return wall, int(summary["held_back"]), usage.ru_utime + usage.ru_stime
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}"
+
+
+def run_references(
+    src: Path,
+    dst: Path,
+    n: int,
+    rounds: int,
+    dcmanon: str | None,
+    command: bool,
+    markdown: bool,
+) -> None:
+    """The engine loop (``OURS``), dcmanon and the ``smartbox deidentify`` command, one
+    process each, alternating ROUNDS times: wall rates and CPU ms per file, medians, each
+    ratio to the engine with its range over the rounds; then the in-memory best-of-5 CPU
+    per instance of the engine and of dcmanon (the per-core comparison least moved by the
+    neighbours' load). Load averages before and after, as the machine is shared.
+
+    The command is a whole process: its start-up (Python, pydicom and numpy imports, the
+    policy and the name vocabulary, ~0.5 s) is in its wall time but not in the engine
+    loop's, which starts its clock after its own imports. So it is also run over one file
+    of the corpus, and its per-file rate is reported both whole (N / wall) and marginal
+    ((N - 1) / (wall(N) - wall(1)), CPU likewise): what each further file costs."""
+    one = src.parent / "one"
+    one.mkdir(exist_ok=True)
+    first = sorted(src.glob("*.dcm"))[0]
+    (one / first.name).write_bytes(first.read_bytes())
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    names = ["engine"] + (["dcmanon"] if dcmanon else [])
+    names += ["command (whole)", "command (marginal)"] if command else []
+    rate: dict[str, list[float]] = {k: [] for k in names}
+    cpu: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(rounds):
+        for name in names:
+            if name == "engine":
+                got = run_cpu(sys.executable, OURS, src, dst)
+            elif name == "dcmanon":
+                assert dcmanon is not None  # noqa: S101 - names has it only then
+                got = run_cpu(dcmanon, DCMANON, src, dst)
+            elif name == "command (whole)":
+                wall_n, held, cpu_n = run_command(src, dst, n)
+                wall_1, _, cpu_1 = run_command(one, dst, 1)
+                got = (n / wall_n, held, 1e3 * cpu_n / n)
+                rate["command (marginal)"].append((n - 1) / (wall_n - wall_1))
+                cpu["command (marginal)"].append(1e3 * (cpu_n - cpu_1) / (n - 1))
+                print(f"round {r + 1}: command over 1 file: {wall_1:.2f} s, {cpu_1:.2f} s CPU")
+            else:
+                got = (rate[name][-1], held, cpu[name][-1])
+                rate[name].pop()
+                cpu[name].pop()
+            rate[name].append(got[0])
+            cpu[name].append(got[2])
+            print(
+                f"round {r + 1}: {name:18s} {got[0]:7.1f} files/s {got[2]:6.2f} CPU ms/file "
+                f"(held {got[1]})"
+            )
+    best: dict[str, list[float]] = {"engine": []}
+    if dcmanon:
+        best["dcmanon"] = []
+        for _ in range(rounds):
+            best["engine"].append(run_cpu(sys.executable, BEST, src, dst, "5")[2])
+            best["dcmanon"].append(run_cpu(dcmanon, DCMANON_BEST, src, dst, "5")[2])
+            print(
+                f"in memory, best of 5 passes: engine {best['engine'][-1]:.3f}, dcmanon "
+                f"{best['dcmanon'][-1]:.3f} CPU ms/instance"
+            )
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    engine, engine_cpu = rate["engine"], cpu["engine"]
+    for name in names:
+        med, cmed = statistics.median(rate[name]), statistics.median(cpu[name])
+        ratios = [x / e for x, e in zip(rate[name], engine, strict=True)]
+        cratios = [e / x for x, e in zip(cpu[name], engine_cpu, strict=True)]
+        print(
+            f"median: {name:18s} {med:7.1f} files/s (x{med / statistics.median(engine):.2f} "
+            f"the engine, rounds {_spread(ratios)}), {cmed:.2f} CPU ms/file (speed by CPU "
+            f"x{statistics.median(engine_cpu) / cmed:.2f} the engine, rounds {_spread(cratios)})"
+        )
+        if markdown:
+            print(
+                f"| {time.strftime('%Y-%m-%d')} | {name} | {med:.0f} | "
+                f"{med / statistics.median(engine):.2f}x ({_spread(ratios)}) | {cmed:.2f} | "
+                f"{statistics.median(engine_cpu) / cmed:.2f}x ({_spread(cratios)}) | "
+                f"{', '.join(f'{x:.0f}' for x in rate[name])} |"
+            )
+    if dcmanon:
+        be, bd = min(best["engine"]), min(best["dcmanon"])
+        print(
+            f"in memory, best CPU per instance: engine {be:.3f} ms, dcmanon {bd:.3f} ms: "
+            f"engine at x{bd / be:.2f} dcmanon per core"
+        )
+
+
 def run_pool(src: Path, dst: Path, sizes: list[int], rounds: int, markdown: bool) -> None:
     """Ours in a process pool of each size, alternating with the plain one-process run (same
     time window, so the same machine noise); medians and speed-up over the smallest pool."""
@@ -314,6 +486,16 @@ def main() -> int:
         help="noise: random 16-bit (every pixel has overlay bits to clear); ct12",
     )
     p.add_argument("--baseline", type=Path, help="a checkout to compare with, alternating")
+    p.add_argument(
+        "--dcmanon-python",
+        help="a venv's python with dcmanon installed: run the engine, dcmanon (and --command) "
+        "alternating instead of the dicognito comparison",
+    )
+    p.add_argument(
+        "--command",
+        action="store_true",
+        help="also run `smartbox deidentify FILES --out DIR` and compare it with the engine",
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp, "in"), Path(tmp, "out")
@@ -323,6 +505,11 @@ def main() -> int:
         size = sum(f.stat().st_size for f in src.glob("*.dcm")) / args.n / 1e6
         if args.baseline:
             run_baseline(src, dst, args.baseline, args.rounds, args.markdown)
+            return 0
+        if args.dcmanon_python or args.command:
+            run_references(
+                src, dst, args.n, args.rounds, args.dcmanon_python, args.command, args.markdown
+            )
             return 0
         if args.workers:
             sizes = [int(x) for x in args.workers.split(",")]

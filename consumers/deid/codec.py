@@ -6,6 +6,9 @@ Writing is split around the pixel data so the verification gate can scan every b
 output except the pixels, without encoding anything twice. Pixel data is written from the
 bytes as read: never decoded, never decompressed (unless a mask rule rewrote native pixels).
 
+Reading: the plain case (little endian, defined lengths) is cut from the bytes by
+``rawread`` into the same elements ``dcmread`` would make; everything else is ``dcmread``.
+
 Speed: elements still in their received encoding (pydicom's ``RawDataElement``: everything
 the walk did not touch) are copied through as header + value bytes, sequences are assembled
 here from their items, and the output is joined once, so the 0.5 MB of pixel data is copied
@@ -35,6 +38,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from . import rawread
 from .config import InflateLimits
 from .inflate import DecompressionLimit, read_deflated
 from .table import CODE_VERSION
@@ -64,6 +68,8 @@ def read(raw: bytes, limits: InflateLimits = DEFAULT_LIMITS) -> Dataset:
         raw = b"\x00" * 128 + raw
     try:
         ds = read_deflated(raw, limits)
+        if ds is None:
+            ds = rawread.read(raw)  # the common case, faster; None: pydicom's reader
         if ds is None:
             ds = dcmread(BytesIO(raw), force=True)
     except DecompressionLimit:
@@ -303,10 +309,19 @@ class _Encoder:
     def dataset(self, ds: Dataset, encodings: object, out: list[bytes], top: bool) -> int:
         size = 0
         for tag in sorted(ds.keys()):
-            if tag.element == 0 and (top or tag.group > 6):
+            if not tag & 0xFFFF and (top or tag >> 16 > 6):
                 continue  # group lengths are retired (PS3.5 7.2)
-            size += self.element(ds.get_item(tag), encodings, out)
+            size += self.element(_item(ds, tag), encodings, out)
         return size
+
+
+def _item(ds: Dataset, tag: int) -> DataElement | RawDataElement:
+    """``ds.get_item(tag)`` for a tag of ``ds.keys()``, without its key conversion (a hot
+    loop: ~200 elements an instance); a deferred raw value is still read by pydicom."""
+    elem = ds._dict[tag]  # type: ignore[index]
+    if elem.value is None and isinstance(elem, RawDataElement):
+        return ds.get_item(tag)
+    return elem
 
 
 def _all_decoded(item: Dataset) -> bool:
@@ -336,10 +351,11 @@ def write(ds: Dataset, ts: UID) -> Encoded:
     charset = ds.get("SpecificCharacterSet", "iso8859")
     after_pixels = False
     for tag in sorted(ds.keys()):
-        if tag.element == 0:
+        t = int(tag)  # int, not BaseTag: its == (set membership below) is Python code
+        if not t & 0xFFFF:
             continue
-        elem = ds.get_item(tag)
-        if tag in PIXEL_TAGS:
+        elem = _item(ds, tag)
+        if t in PIXEL_TAGS:
             after_pixels = True
             enc.element(elem, charset, pixels)
         elif after_pixels:
