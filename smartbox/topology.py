@@ -8,6 +8,7 @@ agreement). Routing keys always end in the trust code.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 #: work queue role -> binding key on the events exchange
 WORK_QUEUES: dict[str, str] = {
@@ -61,6 +62,15 @@ class Topology:
 
     def roles(self) -> list[str]:
         return list(WORK_QUEUES)
+
+    def delete(self, channel: Any) -> None:
+        """Delete this namespace's queues, dead-letter queues and exchanges (a pika channel):
+        what a test run or a benchmark declared, removed at its end."""
+        for role in self.roles():
+            for q in (self.queue(role), self.dlq(role)):
+                channel.queue_delete(q)
+        channel.exchange_delete(self.exchange)
+        channel.exchange_delete(self.dlx)
 
 
 def bindings(role: str) -> tuple[str, ...]:

@@ -58,12 +58,7 @@ def namespace(rabbitmq_url: str) -> Iterator[str]:
     yield ns
     topo = Topology(ns)
     conn = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
-    ch = conn.channel()
-    for role in topo.roles():
-        for q in (topo.queue(role), topo.dlq(role)):
-            ch.queue_delete(q)
-    ch.exchange_delete(topo.exchange)
-    ch.exchange_delete(topo.dlx)
+    topo.delete(conn.channel())
     conn.close()
 
 

@@ -203,15 +203,9 @@ class Run:
     def close(self) -> None:
         self.p.stop_all()
         conn = pika.BlockingConnection(pika.URLParameters(self.args.amqp))
-        ch = conn.channel()
         from smartbox.topology import Topology
 
-        topo = Topology(self.ns)
-        for role in topo.roles():
-            for q in (topo.queue(role), topo.dlq(role)):
-                ch.queue_delete(q)
-        ch.exchange_delete(topo.exchange)
-        ch.exchange_delete(topo.dlx)
+        Topology(self.ns).delete(conn.channel())
         conn.close()
         self.s3.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
