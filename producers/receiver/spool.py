@@ -26,11 +26,11 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from smartbox.sqlite import immediate
 from smartbox.store import fsync_dir
 
 from .recovery import PENDING, SpoolRecovery, record_instance
@@ -141,16 +141,8 @@ class Spool(SpoolRecovery):
                 )
         self._study_dirs: set[str] = set()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate(self._db, self._lock)
 
     # --- intake (SCP association threads, possibly in several processes) ------------------
     def is_duplicate(self, instance_key: str, sha256: str) -> bool:

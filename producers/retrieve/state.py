@@ -21,11 +21,13 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+
+from smartbox.sqlite import immediate
 
 from .rows import CohortRow
 
@@ -158,16 +160,8 @@ class CohortState:
                 if statement.strip():
                     db.execute(statement)
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate(self._db, self._lock)
 
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
