@@ -26,6 +26,7 @@ peer's bytes. Nothing is allocated beyond what arrived.
 
 from __future__ import annotations
 
+import re
 import struct
 import threading
 from collections import OrderedDict
@@ -38,6 +39,8 @@ from .status import Rejection
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 CACHE_ENTRIES = 256  # distinct proposal sets kept per acceptor (a few KiB each)
 
+_UID_CHARS = re.compile(rb"[!-\[\]-~]{1,64}")  # printable ASCII but space and backslash
+_AE_CHARS = re.compile(rb"[ -\[\]-~]{16}")  # the same, spaces allowed
 _ITEM = struct.Struct(">BxH")
 _FIXED = struct.Struct(">Hxx16s16s32x")  # after the 6-byte PDU header: 68 bytes
 _UINT4 = struct.Struct(">I")
@@ -104,14 +107,14 @@ def _uid(data: bytes, start: int, end: int, what: str) -> str:
     if raw[-1:] == b"\x00":
         raw = raw[:-1]
     raw = raw.strip(b" ")
-    if not 0 < len(raw) <= 64 or not all(0x20 < b < 0x7F and b != 0x5C for b in raw):
+    if _UID_CHARS.fullmatch(raw) is None:
         raise ValueError(f"invalid {what} UID")
     return raw.decode("ascii")
 
 
 def _ae_title(raw: bytes, what: str) -> str:
     """An AE title: ASCII without control characters or backslashes, not all spaces."""
-    if not all(0x20 <= b < 0x7F and b != 0x5C for b in raw):
+    if _AE_CHARS.fullmatch(raw) is None:
         raise ValueError(f"invalid {what} AE title")
     title = raw.decode("ascii").strip()
     if not title:
