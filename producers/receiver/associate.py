@@ -37,7 +37,10 @@ from typing import Generic, TypeVar
 from .status import Rejection
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
-CACHE_ENTRIES = 256  # distinct proposal sets kept per acceptor (a few KiB each)
+CACHE_ENTRIES = 64  # distinct proposals kept per acceptor: a trust has a few senders
+# an RQ's variable items above this are answered but not cached: 64 entries of an RQ as large
+# as the upper layer admits (1 MiB) would hold a worker's memory hostage; storescu's are ~10 KiB
+CACHE_MAX_RQ_BYTES = 64 << 10
 
 _UID_CHARS = re.compile(rb"[!-\[\]-~]{1,64}")  # printable ASCII but space and backslash
 _AE_CHARS = re.compile(rb"[ -\[\]-~]{16}")  # the same, spaces allowed
@@ -279,8 +282,9 @@ class Acceptor:
     def accept(self, request: AssociateRequest) -> tuple[bytes, Contexts]:
         """The A-ASSOCIATE-AC PDU for ``request`` and the contexts it accepts."""
         if request.answered is None:
-            items, contexts = self._negotiate(request.proposed)
-            self.by_bytes.put(request.items, (request.proposed, items, contexts))
+            items, contexts = self._negotiate(request.proposed, len(request.items))
+            if len(request.items) <= CACHE_MAX_RQ_BYTES:
+                self.by_bytes.put(request.items, (request.proposed, items, contexts))
         else:
             items, contexts = request.answered
         called = request.called_ae.encode("ascii").ljust(16)
@@ -288,7 +292,7 @@ class Acceptor:
         header = _AC_FIXED.pack(0x02, 68 + len(items), 0x0001, called, calling)
         return header + items, dict(contexts)
 
-    def _negotiate(self, proposed: Proposed) -> tuple[bytes, Contexts]:
+    def _negotiate(self, proposed: Proposed, size: int) -> tuple[bytes, Contexts]:
         key = (proposed.contexts, proposed.roles)
         cached = self.by_proposal.get(key)
         if cached is not None:
@@ -316,5 +320,6 @@ class Acceptor:
             for context_id, result, ts in results
         )
         entry = (items + self._user_information, contexts)
-        self.by_proposal.put(key, entry)
+        if size <= CACHE_MAX_RQ_BYTES:
+            self.by_proposal.put(key, entry)
         return entry

@@ -24,7 +24,7 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext
 
-from producers.receiver import dimse, scp, status
+from producers.receiver import associate, dimse, scp, status
 from producers.receiver.associate import Acceptor, encode_associate_rj
 
 MAX_PDU = 131072
@@ -203,6 +203,15 @@ def test_the_proposal_cache_serves_other_user_information_and_is_bounded() -> No
     for n in range(10):
         new_path(ours, rq_pdu([(2 * n + 1, *base[0][1:])]))
     assert len(ours.by_proposal) == 4 and len(ours.by_bytes) == 4
+
+
+def test_a_proposal_too_large_to_cache_is_answered_all_the_same() -> None:
+    syntaxes = [f"1.2.826.0.1.3680043.9.9999.1.{n}" for n in range(20)] + ["1.2.840.10008.1.2"]
+    pdu = rq_pdu([(2 * n + 1, STORAGE[n], syntaxes) for n in range(128)])
+    assert len(pdu) > associate.CACHE_MAX_RQ_BYTES
+    ours = acceptor()
+    assert new_path(ours, pdu) == new_path(ours, pdu) == old_path(pdu)
+    assert len(ours.by_bytes) == len(ours.by_proposal) == 0
 
 
 def test_an_rj_is_the_bytes_pynetdicom_encoded() -> None:
