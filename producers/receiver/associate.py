@@ -263,7 +263,8 @@ class Acceptor:
         self._application_context = _item(0x10, APPLICATION_CONTEXT.encode("ascii"))
         # exact bytes after the RQ's fixed header -> (what they propose, AC items, accepted)
         self.by_bytes: _LRU[bytes, tuple[Proposed, bytes, Contexts]] = _LRU(cache_entries)
-        # the proposal set (contexts, role items) -> (AC items, accepted)
+        # the proposal set (contexts, role items) -> (AC items, accepted); what we accept is
+        # this acceptor's, fixed for its life, so it is no part of the key
         self.by_proposal: _LRU[tuple[Proposal, Roles], tuple[bytes, Contexts]] = _LRU(cache_entries)
 
     def parse(self, pdu: bytes) -> AssociateRequest:

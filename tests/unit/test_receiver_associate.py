@@ -166,7 +166,8 @@ def test_random_proposals_are_answered_as_pynetdicom_did(seed: int) -> None:
 
 def test_pynetdicom_scu_proposals_with_roles_and_odd_syntaxes() -> None:
     ct = "1.2.840.10008.5.1.4.1.1.2"
-    cases = [
+    cases: list[list[tuple[int, str, list[str]]]] = [
+        [],  # no presentation context at all: an AC that accepts none
         [(1, ct, ["1.2.840.10008.1.2.1"])],
         [(1, ct, ["1.2.840.10008.1.2.4.201"])],  # transfer syntax not ours: result 4
         [(1, UNSUPPORTED[0], ["1.2.840.10008.1.2"])],  # abstract syntax not ours: result 3
