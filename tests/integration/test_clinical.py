@@ -342,7 +342,12 @@ def test_clinical_records_exported_linked_to_the_images_and_no_identifier_leaks(
     assert export.returncode == 0, export.stdout + export.stderr
     wait_for(
         lambda: (
-            patient_links(archive, p.buckets["archive"], pid_a) == {"studies": [], "clinical": {}}
+            {
+                k: v
+                for k, v in patient_links(archive, p.buckets["archive"], pid_a).items()
+                if k in ("studies", "clinical")
+            }
+            == {"studies": [], "clinical": {}}
         ),
         120,
         "the withdrawn patient's study and clinical record deleted nationally",

@@ -446,3 +446,27 @@ def test_a_withdrawal_removes_exported_records_nationally_and_unexported_ones_lo
     assert len(staged) == 1  # the exported version's staged copy (kept, as studies' are)
     rig.window()  # nothing more to send
     assert rig.batches[-1] is batch
+
+
+def test_patient_links_follow_a_chain_of_rotations_both_ways(tmp_path: Path) -> None:
+    """A -> B -> C (two rotations) and D -> C (two old pseudonyms merged): any of them gives
+    the records of all four, each under its own pseudonym; an unrelated one stays apart."""
+    from smartbox.store import put_json
+
+    store = LocalStore(tmp_path / "n")
+    store.ensure_bucket("archive")
+    for old, new in (("a" * 32, "b" * 32), ("b" * 32, "c" * 32), ("d" * 32, "c" * 32)):
+        put_json(store, "archive", layout.national_link_key("patient", old), {"to": new})
+        store.put_bytes("archive", layout.national_link_reverse_key("patient", new, old), b"")
+    for name in ("a", "b", "c", "d", "e"):
+        pseudonym = name * 32
+        store.put_bytes(
+            "archive", layout.national_patient_study_key(pseudonym, f"2.25.{ord(name)}"), b""
+        )
+    answers = [national.patient_links(store, "archive", n * 32) for n in "abcd"]
+    assert all(a == answers[0] for a in answers)
+    assert answers[0]["patient"] == "c" * 32
+    assert answers[0]["pseudonyms"] == ["c" * 32, "b" * 32, "d" * 32, "a" * 32]
+    assert answers[0]["by_pseudonym"]["a" * 32] == {"studies": ["2.25.97"], "clinical": []}
+    assert len(answers[0]["studies"]) == 4
+    assert national.patient_links(store, "archive", "e" * 32)["pseudonyms"] == ["e" * 32]
