@@ -315,9 +315,11 @@ def test_records_travel_with_the_images_and_are_linked_by_pseudonym(tmp_path: Pa
     rig.window()
     [batch] = rig.batches
     assert batch["body"]["study_count"] == 1 and len(batch["body"]["clinical"]) == 1
+    assert batch["version"] == 3  # export.batch v3: it carries clinical records
     manifest = json.loads(rig.national.get_bytes("national", batch["body"]["manifest_key"]))
     assert manifest["version"] == 2 and manifest["clinical"][0]["patient"] == patient
     [receipt] = rig.receipts
+    assert receipt["version"] == 3
     assert receipt["body"]["clinical"] == [
         {"export_id": manifest["clinical"][0]["export_id"], "status": "accepted"}
     ]
@@ -345,6 +347,15 @@ def test_a_batch_of_images_alone_is_still_v1_with_the_same_id(tmp_path: Path) ->
     manifest = json.loads(rig.national.get_bytes("national", batch["body"]["manifest_key"]))
     assert manifest["version"] == 1 and "clinical" not in manifest
     assert "clinical" not in batch["body"]
+    # the messages too: export.batch v2 as before clinical intake, answered by a v2 receipt
+    # which the exporter acts on (the study acknowledged)
+    [receipt] = rig.receipts
+    assert (batch["version"], receipt["version"]) == (2, 2)
+    [record] = [
+        json.loads(rig.store.get_bytes("staging", k))
+        for k in rig.store.list_keys("staging", "_export/studies/RCL/")
+    ]
+    assert record["state"] == "acked"
     schemas.validate_document("national.batch", manifest, 1)
 
 
