@@ -77,12 +77,23 @@ def resolve(store: ObjectStore, archive: str, kind: str, value: str) -> tuple[st
 
 def family(store: ObjectStore, archive: str, kind: str, value: str) -> list[str]:
     """Every pseudonym linked to ``value`` across rotations: the current one first, then
-    every earlier one it replaced (directly or down a chain), oldest last."""
-    current, _ = resolve(store, archive, kind, value)
-    out, seen, frontier = [current], {current}, [current]
-    for _hop in range(MAX_HOPS):
-        if not frontier:
-            return out
+    every earlier one it replaced (directly or down a chain, through the reverse markers),
+    then any on ``value``'s own way forwards that no marker names (links applied before the
+    markers existed)."""
+    chain = [value]  # value -> ... -> current
+    while True:
+        try:
+            link = get_json(store, archive, layout.national_link_key(kind, chain[-1]))
+        except NotFound:
+            break
+        if link["to"] in chain or len(chain) > MAX_HOPS:
+            raise ValueError(f"{kind} links: a loop or a chain longer than {MAX_HOPS}")
+        chain.append(link["to"])
+    out, frontier = [chain[-1]], [chain[-1]]
+    seen = set(out)
+    while frontier:
+        if len(out) > MAX_HOPS * MAX_HOPS:
+            raise ValueError(f"{kind} links: too many earlier pseudonyms (a loop?)")
         earlier = []
         for name in frontier:
             prefix = layout.national_link_reverse_prefix(kind, name)
@@ -92,8 +103,8 @@ def family(store: ObjectStore, archive: str, kind: str, value: str) -> list[str]
                     seen.add(old)
                     earlier.append(old)
         out += sorted(earlier)
-        frontier = earlier
-    raise ValueError(f"{kind} links: a chain longer than {MAX_HOPS} (a loop?)")
+        frontier = sorted(earlier)
+    return out + [name for name in reversed(chain) if name not in seen]
 
 
 def studies_by_patient(store: ObjectStore, archive: str) -> dict[str, set[str]]:

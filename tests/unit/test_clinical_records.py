@@ -481,3 +481,22 @@ def test_patient_links_follow_a_chain_of_rotations_both_ways(tmp_path: Path) -> 
     assert answers[0]["by_pseudonym"]["a" * 32] == {"studies": ["2.25.97"], "clinical": []}
     assert len(answers[0]["studies"]) == 4
     assert national.patient_links(store, "archive", "e" * 32)["pseudonyms"] == ["e" * 32]
+
+
+def test_patient_links_without_reverse_markers_still_follow_the_old_pseudonym(
+    tmp_path: Path,
+) -> None:
+    """A link applied before reverse markers existed: from the old pseudonym, both."""
+    from smartbox.store import put_json
+
+    store = LocalStore(tmp_path / "n")
+    store.ensure_bucket("archive")
+    old, new = "a" * 32, "b" * 32
+    put_json(store, "archive", layout.national_link_key("patient", old), {"to": new})
+    for name in (old, new):
+        store.put_bytes(
+            "archive", layout.national_patient_study_key(name, f"2.25.{ord(name[0])}"), b""
+        )
+    by_old = national.patient_links(store, "archive", old)
+    assert by_old["pseudonyms"] == [new, old] and by_old["studies"] == ["2.25.97", "2.25.98"]
+    assert national.patient_links(store, "archive", new)["pseudonyms"] == [new]
