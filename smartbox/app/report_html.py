@@ -405,7 +405,9 @@ def render(report: TrustReport) -> str:
         "acknowledged: when the national side accepted it). A manifest's day is the day it was "
         "written. Received counts for days whose identifiable originals have passed retention "
         "come from the study manifests. A study counts once per day and once in the period "
-        "(an amendment is the same study). "
+        "(an amendment is the same study). Clinical records: from each submission's report "
+        "(rows accepted and held back, on the day it was staged) and each record version's "
+        "export state (staged, exported, acknowledged). "
         f"Unreadable records skipped: {_n(report.skipped_records)}.</p>",
         "</main></body></html>",
     ]
