@@ -4,8 +4,9 @@ matches to the trust's own receiver, gently, off-peak, resumably.
 Work is pulled from the cohort database (``state``): nothing is held in memory that a crash
 would lose. Patients due are asked for their studies (C-FIND, STUDY level, their date window);
 the answers and the patient's ``queried`` state are written in one transaction. Studies due
-are moved (C-MOVE to ``move_destination``): the receiver stores them and they follow the
-pushed path, marked ``retrieved`` (backfill) by their Move Originator AE Title.
+are moved (C-MOVE to ``move_destination``; or C-GET, each instance passed on to the receiver
+by ``forward``): the receiver stores them and they follow the pushed path, marked
+``retrieved`` (backfill) by their Move Originator AE Title.
 
 Idempotent: before a move the receiver's ledger is asked (``received``); a study it holds
 whole is not asked for again, one it holds in part (a move cut by a crash or an archive
@@ -34,6 +35,7 @@ from .config import Archive, RetrieveConfig
 from .limits import Associations, TokenBucket
 from .matching import decide, rules_for
 from .received import ReceiverLedger
+from .rows import query_key
 from .scu import ArchiveClient, RetrieveError
 from .state import CohortState, Patient, Study
 from .window import Window
@@ -75,7 +77,12 @@ class CohortRunner:
         self.peers = {
             a.name: Peer(
                 a,
-                ArchiveClient(a, config.calling_ae, Associations(a.max_associations)),
+                ArchiveClient(
+                    a,
+                    config.calling_ae,
+                    Associations(a.max_associations),
+                    receiver=config.receiver,
+                ),
                 Window(a.window_start, a.window_hours, a.timezone),
                 TokenBucket(a.instances_per_second, a.burst_instances),
                 TokenBucket(a.queries_per_second, max(1.0, a.queries_per_second)),
@@ -143,8 +150,13 @@ class CohortRunner:
         try:
             for name, peer in self.peers.items():
                 self._take(peer.queries, 1, "queries")
+                attribute, value = query_key(
+                    self.config.nhs_number_attribute,
+                    patient.query_id if patient.by_nhs else None,
+                    None if patient.by_nhs else patient.query_id,
+                )
                 found = peer.client.find_studies(
-                    patient.query_id, patient.date_from, patient.date_to
+                    attribute, value, patient.date_from, patient.date_to
                 )
                 metrics.RETRIEVE_QUERIES.labels(self.trust, "ok").inc()
                 for study in found:
@@ -237,7 +249,7 @@ class CohortRunner:
                 peer.instances.adjust(-expected)
                 return
             self.state.start_move(study)
-            result = peer.client.move(self.config.move_destination, study.study_uid, missing)
+            result = peer.client.retrieve(self.config.move_destination, study.study_uid, missing)
             moved = result.completed + result.failed + result.warning
             peer.instances.adjust(moved - expected)
             metrics.RETRIEVE_INSTANCES.labels(self.trust).inc(result.completed)

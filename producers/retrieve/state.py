@@ -108,6 +108,8 @@ class Patient:
     modalities: tuple[str, ...]
     body_parts: tuple[str, ...]
     attempts: int
+    #: whether ``query_id`` is the NHS number (else the trust's local patient ID)
+    by_nhs: bool = False
 
     def __repr__(self) -> str:
         return f"Patient(id={self.id}, cohort={self.cohort_id})"
@@ -235,7 +237,7 @@ class CohortState:
     def due_patients(self, now: float, limit: int = 16) -> list[Patient]:
         rows = self._read(
             "SELECT id, cohort_id, row, COALESCE(nhs_number, patient_id), pseudonym, date_from,"
-            " date_to, modalities, body_parts, attempts FROM patients"
+            " date_to, modalities, body_parts, attempts, nhs_number IS NOT NULL FROM patients"
             " WHERE state='pending' AND next_at<=? ORDER BY id LIMIT ?",
             (now, limit),
         )
@@ -251,6 +253,7 @@ class CohortState:
                 tuple(c for c in r[7].split(";") if c),
                 tuple(c for c in r[8].split(";") if c),
                 r[9],
+                bool(r[10]),
             )
             for r in rows
         ]
