@@ -209,9 +209,7 @@ network_timeout_seconds = 20
     assert batches and all(b["origin"] == "retrieved" for b in batches)
     assert all(b["move_originators"] == ["SMARTBOX_QR"] for b in batches)
     # passed on as received: the originals in quarantine hold the archive's data set bytes
-    originals = {
-        _dataset_bytes(f.read_bytes()) for s in wanted for f in files[s.study_uid]
-    }
+    originals = {_dataset_bytes(f.read_bytes()) for s in wanted for f in files[s.study_uid]}
     held = [
         _dataset_bytes(p.read("quarantine", k))
         for k in p.objects("quarantine", f"{CODE}/")
