@@ -92,11 +92,21 @@ class CohortRunner:
         self._stop = threading.Event()
 
     # --- scheduling ---------------------------------------------------------------------
-    def window_open(self) -> bool:
+    def open_archives(self) -> set[str]:
+        """The archives inside their own off-peak window now (all with ``ignore_window``)."""
         if self.ignore_window:
-            return True
+            return set(self.peers)
         now = datetime.fromtimestamp(self.clock(), UTC)
-        return all(p.window.is_open(now) for p in self.peers.values())
+        return {name for name, p in self.peers.items() if p.window.is_open(now)}
+
+    def window_open(self) -> bool:
+        """Whether any archive may be asked anything now."""
+        return bool(self.open_archives())
+
+    def next_opening(self, names: set[str]) -> float:
+        """When the first of these archives' windows next opens (now if one is open)."""
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        return min(self.peers[n].window.next_open(now).timestamp() for n in names)
 
     def backoff(self, attempts: int) -> float:
         """Seconds before attempt ``attempts + 1`` (exponential, capped, with jitter)."""
@@ -114,7 +124,7 @@ class CohortRunner:
                 for key in [k for k, f in in_flight.items() if f.done()]:
                     in_flight.pop(key).result()  # a bug surfaces here, not silently
                 metrics.RETRIEVE_ACTIVE_COHORTS.labels(self.trust).set(self.state.active_cohorts())
-                is_open = self.window_open()
+                is_open = self.open_archives()
                 metrics.RETRIEVE_WINDOW_OPEN.labels(self.trust).set(1 if is_open else 0)
                 if is_open and len(in_flight) < workers:
                     now = self.clock()
@@ -122,7 +132,7 @@ class CohortRunner:
                         key = ("p", patient.id)
                         if key not in in_flight and len(in_flight) < workers:
                             in_flight[key] = pool.submit(self._guard, self.query, patient)
-                    for study in self.state.due_studies(now, workers):
+                    for study in self.state.due_studies(now, workers, is_open):
                         key = ("s", study.id)
                         if key not in in_flight and len(in_flight) < workers:
                             in_flight[key] = pool.submit(self._guard, self.retrieve, study)
@@ -144,11 +154,24 @@ class CohortRunner:
 
     # --- a patient ----------------------------------------------------------------------
     def query(self, patient: Patient) -> None:
-        """Ask every archive for the patient's studies in its window; record what matches."""
+        """Ask each archive for the patient's studies in the patient's date window, each
+        archive inside its own off-peak window; record what matches. The patient is
+        ``queried`` once every archive has answered; until then it waits for the next of
+        the others' windows."""
         rules = rules_for(self.config.filters, patient.modalities, patient.body_parts)
+        todo = {n for n in self.peers if n not in patient.archives_queried}
+        asking = todo & self.open_archives()
+        if not asking:
+            if todo:
+                self.state.defer_patient(patient, self.next_opening(todo))
+            else:  # every archive asked before (a restart): nothing left
+                self.state.record_query(patient, [])
+            return
         records = []
         try:
             for name, peer in self.peers.items():
+                if name not in asking:
+                    continue
                 self._take(peer.queries, 1, "queries")
                 attribute, value = query_key(
                     self.config.nhs_number_attribute,
@@ -196,17 +219,20 @@ class CohortRunner:
                 "" if again else ": given up",
             )
             return
-        self.state.record_query(patient, records)
+        later = todo - asking
+        pending_until = self.next_opening(later) if later else None
+        self.state.record_query(patient, records, sorted(asking), pending_until)
         n_wanted = sum(1 for r in records if r[5] == "found")
         metrics.RETRIEVE_STUDIES_FOUND.labels(self.trust).inc(n_wanted)
         metrics.RETRIEVE_STUDIES_FILTERED.labels(self.trust).inc(len(records) - n_wanted)
         log.info(
-            "%s: cohort %s row %d: %d studies found, %d wanted",
+            "%s: cohort %s row %d: %d studies found, %d wanted%s",
             self.trust,
             patient.cohort_id,
             patient.row,
             len(records),
             n_wanted,
+            f" ({len(later)} archive(s) to ask in their window)" if later else "",
         )
 
     # --- a study ------------------------------------------------------------------------
@@ -220,6 +246,9 @@ class CohortRunner:
         peer = self.peers.get(study.archive)
         if peer is None:  # the archive was removed from the trust file
             self.state.finish(study, "failed", "association_failed")
+            return
+        if study.archive not in self.open_archives():  # its own window is closed
+            self.state.defer(study, self.next_opening({study.archive}))
             return
         try:
             missing: list[str] | None = None
@@ -245,7 +274,7 @@ class CohortRunner:
                 )
             expected = len(missing) if missing is not None else (study.instances or 1)
             self._take(peer.instances, expected, "instances")
-            if not self.window_open():  # it closed while we waited for tokens: not now
+            if study.archive not in self.open_archives():  # it closed while we waited: not now
                 peer.instances.adjust(-expected)
                 return
             self.state.start_move(study)

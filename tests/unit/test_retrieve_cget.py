@@ -238,3 +238,112 @@ def test_a_row_s_pseudonym_is_its_images_and_its_withdrawal_s(
         image = names.patient(in_images, local)[0]
         assert row_pseudonym(names, attribute, _row(None, local)) == image
         assert resolve_patient(None, "", trust, key, patient_id=local) == [image]  # type: ignore[arg-type]
+
+
+# --- each archive inside its own window -----------------------------------------------------
+TWO_ARCHIVES = """
+[retrieve]
+[[retrieve.archives]]
+name = "day"
+ae_title = "RTK_DAY"
+host = "10.0.0.5"
+port = 104
+window_start = "0 8 * * *"
+window_hours = 4
+timezone = "UTC"
+
+[[retrieve.archives]]
+name = "night"
+ae_title = "RTK_NIGHT"
+host = "10.0.0.6"
+port = 104
+window_start = "0 20 * * *"
+window_hours = 4
+timezone = "UTC"
+"""
+
+
+class _FakeArchive:
+    """An archive that answers at once, recording what it was asked."""
+
+    def __init__(self, name: str, calls: list[tuple[str, str]]) -> None:
+        self.name = name
+        self.calls = calls
+
+    def find_studies(self, attribute: str, value: str, start, end):  # noqa: ANN001, ANN201
+        from producers.retrieve.scu import FoundStudy
+
+        self.calls.append((self.name, "find"))
+        return [FoundStudy(f"1.2.{len(self.name)}", ("CT",), "CT CHEST", 6)]
+
+    def retrieve(self, destination: str, study_uid: str, sop_uids=None):  # noqa: ANN001, ANN201
+        from producers.retrieve.scu import MoveResult
+
+        self.calls.append((self.name, "retrieve"))
+        return MoveResult(6, 0, 0, 0x0000)
+
+
+class _NothingHeld:
+    def study_instances(self, study_uid: str) -> int:
+        return 0
+
+
+def test_each_archive_is_asked_only_inside_its_own_window(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from producers.retrieve.runner import CohortRunner
+    from producers.retrieve.state import CohortState
+
+    text = TRUST.replace('["SMARTBOX_QR"]', '["RTK_DAY", "RTK_NIGHT"]') + TWO_ARCHIVES
+    config = parse(_trust(tmp_path, text))
+    assert config is not None
+    state = CohortState(tmp_path / "state.sqlite3")
+    state.add_cohort("RTK", "test", [_row(NHS, None)], ["PSEUDONYM"], 0)
+    now = [0.0]
+
+    def at(day: int, hour: int) -> float:
+        return datetime(2026, 12, day, hour, tzinfo=UTC).timestamp()
+
+    runner = CohortRunner(
+        config, state, _NothingHeld(), lambda uid: "S" + uid, clock=lambda: now[0]
+    )  # type: ignore[arg-type]
+    calls: list[tuple[str, str]] = []
+    for name, peer in runner.peers.items():
+        peer.client = _FakeArchive(name, calls)  # type: ignore[assignment]
+    try:
+        now[0] = at(1, 9)  # the day archive's window only
+        assert runner.open_archives() == {"day"}
+        (patient,) = state.due_patients(now[0])
+        runner.query(patient)
+        assert calls == [("day", "find")]
+        assert state.due_patients(now[0]) == []  # waits for the night archive's window
+        assert state.patient_counts(patient.cohort_id) == {"pending": 1}
+        (day_study,) = state.due_studies(now[0], archives=runner.open_archives())
+        runner.retrieve(day_study)
+        assert calls[-1] == ("day", "retrieve")
+
+        now[0] = at(1, 21)  # the night archive's window only
+        assert runner.open_archives() == {"night"}
+        (patient,) = state.due_patients(now[0])
+        assert patient.archives_queried == ("day",)
+        runner.query(patient)
+        assert calls[-1] == ("night", "find")
+        assert state.patient_counts(patient.cohort_id) == {"queried": 1}
+        assert state.due_studies(now[0], archives={"day"}) == []
+        (night_study,) = state.due_studies(now[0])
+
+        now[0] = at(2, 9)  # the next morning: the night archive's study waits for the night
+        calls.clear()
+        runner.retrieve(night_study)
+        assert calls == []
+        assert state.due_studies(now[0]) == []
+        assert state.due_studies(at(2, 20)) != []
+        now[0] = at(2, 20)
+        (night_study,) = state.due_studies(now[0], archives=runner.open_archives())
+        runner.retrieve(night_study)
+        assert calls == [("night", "retrieve")]
+        assert runner.window_open()
+        now[0] = at(2, 15)
+        assert not runner.window_open()
+    finally:
+        state.close()
