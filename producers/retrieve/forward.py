@@ -121,7 +121,7 @@ class Forwarder:
                 originator_aet=self.calling_ae,
                 originator_id=self.originator_id,
             )
-        except (ValueError, AttributeError, RuntimeError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a handler never raises (STYLE 3)
             # an undecodable dataset, no context for it, or the receiver gone
             log.warning("C-GET: an instance could not be passed on (%s)", type(exc).__name__)
             return OUT_OF_RESOURCES

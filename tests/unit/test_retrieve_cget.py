@@ -347,3 +347,28 @@ def test_each_archive_is_asked_only_inside_its_own_window(tmp_path: Path) -> Non
         assert not runner.window_open()
     finally:
         state.close()
+
+
+def test_a_cohort_database_from_before_per_archive_windows_is_upgraded(tmp_path: Path) -> None:
+    import sqlite3
+
+    from producers.retrieve.state import SCHEMA, CohortState
+
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    before = SCHEMA.replace(",\n    archives_queried TEXT NOT NULL DEFAULT ''", "")
+    assert "archives_queried" not in before
+    old.executescript(before)
+    old.execute(
+        "INSERT INTO patients (cohort_id, row, nhs_number, pseudonym, date_from, date_to,"
+        " modalities, body_parts) VALUES ('C1', 2, ?, 'P', '2020-01-01', '2020-12-31', '', '')",
+        (NHS,),
+    )
+    old.commit()
+    old.close()
+    state = CohortState(path)
+    try:
+        (patient,) = state.due_patients(0)
+        assert patient.archives_queried == () and patient.by_nhs
+    finally:
+        state.close()
