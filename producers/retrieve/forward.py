@@ -25,6 +25,7 @@ from pynetdicom import AE, build_context, build_role
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelGet,
+    Verification,
 )
 
 from .config import ReceiverTarget
@@ -37,6 +38,7 @@ OUT_OF_RESOURCES = 0xA700
 #: at most 128 presentation contexts in an association (PS3.8 9.3.2.2: odd ids 1-255)
 MAX_CONTEXTS = 128
 GET_MODEL = StudyRootQueryRetrieveInformationModelGet
+VERIFICATION = Verification
 
 
 def storage_contexts(
@@ -66,12 +68,34 @@ class Forwarder:
         self.failed = 0
         self._assoc: Any = None
 
-    def open(self, accepted: Iterable[PresentationContext]) -> bool:
-        """An association to the receiver with the storage contexts the archive accepted as
-        (SOP class, transfer syntax) pairs; False if the receiver cannot be reached."""
+    def _ae(self) -> AE:
         ae = AE(ae_title=self.calling_ae)
         ae.acse_timeout = ae.network_timeout = ae.connection_timeout = self.timeout
         ae.dimse_timeout = self.timeout
+        return ae
+
+    def echo(self) -> bool:
+        """Whether the receiver answers a C-ECHO: asked before the archive is, so a receiver
+        being restarted costs a wait, not a C-GET whose every instance fails."""
+        ae = self._ae()
+        ae.add_requested_context(VERIFICATION)
+        try:
+            assoc = ae.associate(self.target.host, self.target.port, ae_title=self.target.ae_title)
+        except OSError:
+            return False
+        if not assoc.is_established:
+            return False
+        try:
+            status = assoc.send_c_echo()
+            return status is not None and int(status.get("Status", -1)) == SUCCESS
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    def open(self, accepted: Iterable[PresentationContext]) -> bool:
+        """An association to the receiver with the storage contexts the archive accepted as
+        (SOP class, transfer syntax) pairs; False if the receiver cannot be reached."""
+        ae = self._ae()
         for cx in accepted:
             uid = cx.abstract_syntax
             if uid is None or uid == GET_MODEL or not cx.transfer_syntax:

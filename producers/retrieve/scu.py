@@ -302,6 +302,21 @@ class ArchiveClient:
         timeout = self.archive.network_timeout_seconds
         forwarder = Forwarder(self.receiver, self.calling_ae, timeout)
         queries = self._queries(study_uid, sop_uids)
+
+        def receiver_up() -> None:
+            if not forwarder.echo():
+                raise _Unreachable("receiver")
+
+        try:
+            call_with_retry(
+                receiver_up,
+                what=f"{self.archive.name}: the trust's receiver",
+                max_seconds=self.connect_retry_seconds,
+                initial=0.5,
+                max_wait=5.0,
+            )
+        except _Unreachable:
+            raise RetrieveError("association_failed", "the trust's receiver") from None
         try:
             with self.association(forwarder) as assoc:
                 if not forwarder.open(assoc.accepted_contexts):

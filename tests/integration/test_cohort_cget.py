@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from helpers.dicom_relay import Relay
 from helpers.pipeline import KEY, Pipeline
 from helpers.receiver_e2e import declare_topology, wait_dicom_port
 from helpers.receiver_orthanc import Orthanc, orthanc_available
@@ -51,6 +52,38 @@ def _study(seed: int, hospital_id: str, nhs: str | None, day: str, description: 
         ds.StudyDate = ds.SeriesDate = ds.ContentDate = day
         ds.StudyDescription = description
     return study
+
+
+def _get_table(archive_port: int) -> str:
+    return f"""
+[retrieve]
+calling_ae = "SMARTBOX_QR"
+retry_initial_seconds = 1
+retry_max_seconds = 4
+max_attempts = 20
+
+[[retrieve.archives]]
+name = "pacs"
+ae_title = "{CODE}_PACS"
+host = "127.0.0.1"
+port = {archive_port}
+method = "C-GET"
+max_associations = 2
+instances_per_second = 50
+burst_instances = 20
+queries_per_second = 50
+window_start = "0 0 * * *"
+window_hours = 24
+timezone = "UTC"
+network_timeout_seconds = 20
+"""
+
+
+def _failures(p: Pipeline) -> dict[str, float]:
+    return {
+        reason: p.metric("cohort", "smartbox_retrieve_failures_total", trust=CODE, reason=reason)
+        for reason in ("move_incomplete", "move_failed", "association_failed")
+    }
 
 
 def _status(p: Pipeline, cohort_id: str) -> dict:
@@ -113,31 +146,7 @@ def test_a_cohort_is_retrieved_by_c_get_through_the_receiver_matched_on_other_pa
     text = trust_file.read_text().replace(
         f'allowed_callers = ["{CODE}_PACS"]', 'allowed_callers = ["SMARTBOX_QR"]'
     )
-    trust_file.write_text(
-        text
-        + f"""
-[retrieve]
-calling_ae = "SMARTBOX_QR"
-retry_initial_seconds = 1
-retry_max_seconds = 4
-max_attempts = 20
-
-[[retrieve.archives]]
-name = "pacs"
-ae_title = "{CODE}_PACS"
-host = "127.0.0.1"
-port = {orthanc.dicom_port}
-method = "C-GET"
-max_associations = 2
-instances_per_second = 50
-burst_instances = 20
-queries_per_second = 50
-window_start = "0 0 * * *"
-window_hours = 24
-timezone = "UTC"
-network_timeout_seconds = 20
-"""
-    )
+    trust_file.write_text(text + _get_table(orthanc.dicom_port))
     files = {}
     try:
         for i, study in enumerate(wanted + unwanted):
@@ -221,3 +230,78 @@ network_timeout_seconds = 20
     text = p.logs()
     for value in [*nhs, local_id, "H0001", *(s.study_uid for s in wanted + unwanted)]:
         assert value not in text, "patient data in a log"
+
+
+def test_a_c_get_cut_by_the_receiver_s_death_fails_those_instances_and_fetches_only_them(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """The receiver is killed (SIGKILL) in the middle of a C-GET: what it had answered is
+    kept, every sub-operation after is answered as failed to the archive, and the next
+    attempt asks only for the instances its ledger lacks, once it is back."""
+    p = pipeline
+    nhs = make_nhs_number(random.Random(22))
+    wanted = [
+        _study(41, "H0041", nhs, "20200315", "CT CHEST"),
+        _study(42, "H0041", nhs, "20200415", "CT CHEST"),
+    ]
+    p.add_trust(CODE, quiet_seconds=1, extra='nhs_number_attribute = "OtherPatientIDs"\n')
+    orthanc = Orthanc(
+        tmp_path / "orthanc", f"{CODE}_PACS", {"cohort": ("SMARTBOX_QR", "127.0.0.1", 1)}
+    ).start()
+    slow_archive = Relay(("127.0.0.1", orthanc.dicom_port), response_delay=0.2)
+    trust_file = p.root / "trusts" / f"{CODE}.toml"
+    text = trust_file.read_text().replace(
+        f'allowed_callers = ["{CODE}_PACS"]', 'allowed_callers = ["SMARTBOX_QR"]'
+    )
+    trust_file.write_text(text + _get_table(slow_archive.port))
+    files = {}
+    receiver = f"receiver-{CODE}"
+    try:
+        for i, study in enumerate(wanted):
+            files[study.study_uid] = study.write(tmp_path / f"s{i}")
+            orthanc.upload(files[study.study_uid])
+        declare_topology(p)
+        p.start(receiver, "receive", "--trust", CODE)
+        wait_dicom_port(p, CODE)
+        p.start("anonymiser", "anonymise")
+        cohort_csv = tmp_path / "cohort.csv"
+        cohort_csv.write_text(f"nhs_number,date_from,date_to\n{nhs},2020-01-01,2020-12-31\n")
+        submitted = p.run_cli("cohort", "submit", "--trust", CODE, str(cohort_csv))
+        assert submitted.returncode == 0, submitted.stderr
+        cohort_id = submitted.stdout.split()[0]
+        p.start("cohort", "cohort", "run", "--trust", CODE)
+
+        def received() -> float:
+            return p.metric(receiver, "smartbox_instances_received_total", trust=CODE)
+
+        wait_for(lambda: 2 <= received() <= PER_STUDY - 2, 120, "a C-GET under way", 0.05)
+        p.kill(receiver)  # SIGKILL in the middle of a C-GET
+        # the archive is told of the failures: the attempt is incomplete, retried
+        wait_for(lambda: sum(_failures(p).values()) >= 1, 120, "the cut C-GET to count failed")
+        p.start(receiver, "receive", "--trust", CODE)
+        wait_dicom_port(p, CODE)
+        wait_for(lambda: _status(p, cohort_id)["done"], 240, "the cohort to finish", 1)
+        names = Pseudonymiser(RegionalKey.from_env({"SMARTBOX_PSEUDONYM_KEY": KEY}), CODE, 1)
+        expected_staged = {names.uid(s.study_uid) for s in wanted}
+        wait_for(
+            lambda: _staged_studies(p) >= expected_staged, 120, "the studies to be staged", 0.5
+        )
+        time.sleep(3)
+        failures = _failures(p)
+    finally:
+        orthanc.stop()
+        slow_archive.close()
+
+    assert _staged_studies(p) == expected_staged
+    assert _status(p, cohort_id)["studies"] == {"retrieved": 2}
+    assert failures["move_incomplete"] + failures["move_failed"] >= 1, failures
+    cohort_log = "".join(f.read_text() for f in p.root.glob("cohort.*.log"))
+    assert "resuming" in cohort_log  # only the missing instances asked for again
+    # every instance once in quarantine, as the archive holds it
+    originals = {_dataset_bytes(f.read_bytes()) for s in wanted for f in files[s.study_uid]}
+    held = [
+        _dataset_bytes(p.read("quarantine", k))
+        for k in p.objects("quarantine", f"{CODE}/")
+        if k.endswith(".dcm")
+    ]
+    assert sorted(held) == sorted(originals)

@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from consumers.deid.pseudonyms import Pseudonymiser
 from consumers.withdraw_resolve import resolve_patient
@@ -124,6 +125,7 @@ def receiver() -> Iterator[SimpleNamespace]:
 
     ae = AE(ae_title="SMARTBOX_RTK")
     ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae.add_supported_context(Verification)
     server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, store)])
     answer.port = server.server_address[1]
     try:
@@ -206,7 +208,9 @@ def test_no_receiver_no_success(receiver) -> None:  # noqa: ANN001
     data, sop_uid = _ct_bytes()
     assert fwd.handle_store(_event(data, sop_uid)) == OUT_OF_RESOURCES
     nobody = Forwarder(ReceiverTarget("X", "127.0.0.1", 1), "SMARTBOX_QR", 2)
+    assert not nobody.echo()  # the C-GET is not even asked for
     assert not nobody.open([build_context(CTImageStorage, [ExplicitVRLittleEndian])])
+    assert Forwarder(ReceiverTarget("SMARTBOX_RTK", "127.0.0.1", port), "QR", 2).echo()
 
 
 # --- what a row is queried on and pseudonymised as -----------------------------------------
