@@ -55,6 +55,7 @@ DEFAULT_INCLUDE = (r"chest", r"thora", r"lung", r"\bcxr\b", r"\bctpa\b", r"pulmo
 DEFAULT_EXCLUDE = (r"\bhead\b", r"brain", r"skull")
 METHODS = ("C-MOVE", "C-GET")
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::")  # noqa: S104 - a bind address, not one we bind
+_LOOPBACK = ("127.0.0.1", "localhost")
 _MODALITY_RE = re.compile(r"^[A-Z0-9]{1,16}$")
 _NAME_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
 
@@ -255,8 +256,17 @@ def _receiver(path: Path, raw: Mapping[str, Any], trust: TrustConfig) -> Receive
     return ReceiverTarget(trust.ae_title, host.strip(), trust.port)
 
 
-def _check_get(path: Path, calling_ae: str, trust: TrustConfig) -> None:
+def _check_get(path: Path, calling_ae: str, trust: TrustConfig, receiver: ReceiverTarget) -> None:
     """With C-GET the cohort process hands each instance to the receiver itself."""
+    if receiver.host in _LOOPBACK and trust.allowed_networks:
+        allowed, _why = trust.caller_allowed(calling_ae, "127.0.0.1")
+        if not allowed and _allowed(trust, calling_ae):
+            raise _fail(
+                path,
+                "receiver_host",
+                "the receiver's allowed_networks leave out 127.0.0.1, where the cohort process "
+                "passes C-GET instances on from: add 127.0.0.1/32 to allowed_networks",
+            )
     if not _allowed(trust, calling_ae):
         raise _fail(
             path,
@@ -345,15 +355,16 @@ def parse(trust: TrustConfig) -> RetrieveConfig | None:
     if maximum < initial:
         raise _fail(path, "retry_max_seconds", "must be at least retry_initial_seconds")
     calling_ae = _ae(path, raw, "calling_ae", "", "SMARTBOX_QR")
+    receiver = _receiver(path, raw, trust)
     if any(a.method == "C-GET" for a in archives):
-        _check_get(path, calling_ae, trust)
+        _check_get(path, calling_ae, trust, receiver)
     return RetrieveConfig(
         trust=trust.code,
         calling_ae=calling_ae,
         move_destination=_ae(path, raw, "move_destination", "", trust.ae_title),
         archives=archives,
         filters=parse_filters(path, raw),
-        receiver=_receiver(path, raw, trust),
+        receiver=receiver,
         nhs_number_attribute=trust.nhs_number_attribute,
         max_attempts=_integer(path, raw, "max_attempts", "", 5, 1, 100),
         retry_initial_seconds=initial,

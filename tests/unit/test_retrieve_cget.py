@@ -86,6 +86,14 @@ def test_with_c_get_the_calling_ae_must_be_an_allowed_caller(tmp_path: Path) -> 
     assert parse(_trust(tmp_path, text.replace('"C-GET"', '"C-MOVE"'))) is not None
 
 
+def test_with_c_get_the_receiver_must_let_loopback_in(tmp_path: Path) -> None:
+    text = TRUST + 'allowed_networks = ["10.20.0.0/16"]\n' + GET_ARCHIVE
+    message = _error(tmp_path, text)
+    assert "'retrieve.receiver_host'" in message and "127.0.0.1/32" in message
+    fixed = text.replace('"10.20.0.0/16"', '"10.20.0.0/16", "127.0.0.1/32"')
+    assert parse(_trust(tmp_path, fixed)) is not None
+
+
 @pytest.mark.parametrize(
     ("drop", "key"),
     [
