@@ -105,15 +105,15 @@ class ArchiveClient:
     def _ae(self, *, get: bool = False) -> tuple[AE, list[Any]]:
         """The AE for an association, and the role selections it proposes (C-GET)."""
         ae = AE(ae_title=self.calling_ae)
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
         roles: list[Any] = []
-        if get:
+        if get:  # a C-GET association carries only the C-GET and the storage contexts
             ae.add_requested_context(GET_MODEL)
             room = MAX_CONTEXTS - len(ae.requested_contexts)
             contexts, roles = storage_contexts(GET_SOP_CLASSES, list(TRANSFER_SYNTAXES), room)
             for cx in contexts:
                 ae.add_requested_context(str(cx.abstract_syntax), cx.transfer_syntax)
         else:
+            ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
             ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
         timeout = self.archive.network_timeout_seconds
         ae.acse_timeout = ae.network_timeout = ae.connection_timeout = timeout
@@ -319,7 +319,10 @@ class ArchiveClient:
             raise RetrieveError("association_failed", "the trust's receiver") from None
         try:
             with self.association(forwarder) as assoc:
-                if not forwarder.open(assoc.accepted_contexts):
+                storage = [
+                    cx for cx in assoc.accepted_contexts if cx.abstract_syntax in GET_SOP_CLASSES
+                ]
+                if not forwarder.open(storage):
                     raise RetrieveError("association_failed", "the trust's receiver")
 
                 def requests() -> Iterator[Iterator[Any]]:
