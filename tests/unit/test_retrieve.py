@@ -195,7 +195,7 @@ def test_defaults_off_peak_gentle_chest(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "key"),
     [
-        ('port = 104\nmethod = "C-GET"', "retrieve.archives[0].method"),
+        ('port = 104\nmethod = "C-STORE"', "retrieve.archives[0].method"),
         ('port = 104\nwindow_start = "every night"', "retrieve.archives[0].window_start"),
         ('port = 104\ntimezone = "Mars/Olympus"', "retrieve.archives[0].timezone"),
         ("port = 104\ninstances_per_second = 0", "retrieve.archives[0].instances_per_second"),

@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers.util import missing
 
 ROOT = Path(__file__).resolve().parents[3]
 COMPOSE = ROOT / "deploy" / "compose"
@@ -202,7 +203,7 @@ def test_anonymiser_instances_have_their_own_port_and_directory() -> None:
 
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze not installed")
+        missing("systemd-analyze not installed (Debian: apt-get install systemd)")
     paths = []
     for name in [*UNITS, "smartbox-retention.service", "smartbox-retention.timer"]:
         text = (SYSTEMD / name).read_text().replace("/opt/smartbox/venv/bin/smartbox", "/bin/true")

@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers.util import missing
 
 ROOT = Path(__file__).resolve().parents[3]
 PROM = ROOT / "deploy" / "prometheus"
@@ -156,7 +157,7 @@ def _promtool() -> str:
     if path is None:
         if CI:
             pytest.fail("CI=true and promtool is not installed (apt-get install prometheus)")
-        pytest.skip("promtool not installed (Debian: apt-get install prometheus)")
+        missing("promtool not installed (Debian: apt-get install prometheus)")
     return path
 
 
