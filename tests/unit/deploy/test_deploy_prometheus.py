@@ -109,6 +109,25 @@ def _alerts() -> list[tuple[str, str]]:
     return out
 
 
+def test_the_cohort_and_clinical_processes_have_alerts() -> None:
+    names = {name for name, _ in _alerts()}
+    assert {
+        "SmartboxCohortDown",
+        "SmartboxRetrieveFailuresRising",
+        "SmartboxRetrieveStudiesFailed",
+        "SmartboxCohortStalled",
+        "SmartboxRetrieveRateLimited",
+        "SmartboxClinicalStageDown",
+        "SmartboxClinicalHeldBackRatioHigh",
+        "SmartboxClinicalRecordsRejected",
+    } <= names
+    text = (PROM / "alerts.yml").read_text()
+    # the clinical queue's consumer and dead letters are watched like the others
+    assert "exporter|clinical|national" in text and 'queue=~"smartbox\\\\..+\\\\.dlq"' in text
+    tests = (PROM / "alerts_test.yml").read_text()
+    assert "queue: smartbox.clinical.dlq" in tests and "queue: smartbox.clinical}" in tests
+
+
 def test_every_alert_has_a_unit_test() -> None:
     tested = set(re.findall(r"alertname: (\w+)", (PROM / "alerts_test.yml").read_text()))
     missing = sorted({name for name, _ in _alerts()} - tested)
