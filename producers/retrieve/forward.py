@@ -22,13 +22,16 @@ from collections.abc import Iterable
 from typing import Any
 
 from pynetdicom import AE, build_context, build_role
-from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelGet,
     Verification,
 )
 
 from .config import ReceiverTarget
+
+#: pynetdicom's ``PresentationContext`` (what ``build_context`` returns and an association
+#: lists as accepted): typed loosely, its module being one the receiver's compat layer owns
+PresentationContext = Any
 
 log = logging.getLogger("producers.retrieve")
 
