@@ -128,10 +128,11 @@ def validate_row(source: str, number: int, raw: dict[str, str]) -> CohortRow | l
         bad("nhs_number", "give an NHS number or a patient_id")
     start = _date(raw.get("date_from") or "")
     end = _date(raw.get("date_to") or "")
-    if start is None:
-        bad("date_from", "required, a date YYYY-MM-DD")
-    if end is None:
-        bad("date_to", "required, a date YYYY-MM-DD")
+    for fld, day in (("date_from", start), ("date_to", end)):
+        if day is None:
+            given = (raw.get(fld) or "").strip()
+            invalid = "not a real date (YYYY-MM-DD or YYYYMMDD)"
+            bad(fld, invalid if given else "required, a date YYYY-MM-DD")
     if start is not None and end is not None and end < start:
         bad("date_to", "before date_from")
     modalities = _codes(raw.get("modalities") or "")

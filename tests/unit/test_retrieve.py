@@ -59,6 +59,8 @@ def test_valid_rows_and_every_bad_field_reported_by_row_without_values() -> None
     }
     messages = "\n".join(str(e) for e in parsed.errors)
     assert "cohort.csv: row 3: field 'nhs_number'" in messages
+    assert "row 5: field 'date_from': not a real date" in messages  # given, but 2020-13-01
+    assert "2020-13-01" not in messages
     assert BAD_NHS not in messages and "LOCAL*4" not in messages
     assert NHS not in repr(parsed.rows)
 
