@@ -33,7 +33,7 @@ from typing import Any
 
 from smartbox import layout
 from smartbox.errors import NotFound, PermanentError
-from smartbox.store import ObjectStore, get_json
+from smartbox.store import ObjectStore, entries_if_bucket, get_json
 
 
 @dataclass
@@ -104,6 +104,10 @@ def _read(store: ObjectStore, bucket: str, key: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _keys(store: ObjectStore, bucket: str, prefix: str) -> list[str]:
+    return [key for key, _size, _mtime in entries_if_bucket(store, bucket, prefix)]
+
+
 def count(
     store: ObjectStore,
     bucket: str,
@@ -121,7 +125,7 @@ def count(
     out = ClinicalCounts(trust)
     reasons: Counter[str] = Counter()
     submissions = layout.clinical_submission_key(trust, "").removesuffix(".json")
-    for key in store.list_keys(bucket, submissions):
+    for key in _keys(store, bucket, submissions):
         report = _read(store, bucket, key)
         if report is None or not isinstance(report.get("rows"), int):
             out.skipped += 1
@@ -136,11 +140,11 @@ def count(
     out.held_back_reasons = dict(sorted(reasons.items()))
 
     queued = {
-        k.rsplit("/", 1)[-1] for k in store.list_keys(bucket, layout.clinical_queue_prefix(trust))
+        k.rsplit("/", 1)[-1] for k in _keys(store, bucket, layout.clinical_queue_prefix(trust))
     }
     recorded: set[str] = set()
     state_prefix = layout.clinical_state_key(trust, "").removesuffix(".json")
-    for key in store.list_keys(bucket, state_prefix):
+    for key in _keys(store, bucket, state_prefix):
         state = _read(store, bucket, key)
         if state is None or state.get("state") not in (
             "pending",
@@ -172,7 +176,7 @@ def count(
             out.not_queued += state["export_id"] not in queued
             out.missing_objects += not store.exists(bucket, str(state["key"]))
     if check:
-        for key in store.list_keys(bucket, f"{trust}/_clinical/"):
+        for key in _keys(store, bucket, f"{trust}/_clinical/"):
             if layout.is_clinical_record_key(key) and key not in recorded:
                 out.not_recorded += 1
                 out.staged += 1
