@@ -265,6 +265,9 @@ class BatchRunner:
             parents=parents,
             correlation_id=str(uuid.UUID(batch_id)),
             message_id=str(uuid.uuid5(_MESSAGE_NS, batch_id)),
+            # v3 only for a batch carrying clinical data: one of images alone stays v2, which
+            # a national consumer built before clinical intake still reads
+            version=3 if clinical or clinical_withdrawals else 2,
             body={
                 "batch_id": batch_id,
                 "bucket": self.national_bucket,

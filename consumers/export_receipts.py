@@ -35,7 +35,9 @@ _LETTER_NS = uuid.UUID("0d6b9c1e-3f0c-4b8e-8f7e-2a41c5d9e6b3")
 
 @cache
 def _reason_codes() -> frozenset[str]:
-    return frozenset(schemas.load("export.receipt", 2)["$defs"]["reason"]["enum"])
+    return frozenset(
+        schemas.load("export.receipt", schemas.SCHEMAS["export.receipt"])["$defs"]["reason"]["enum"]
+    )
 
 
 def _code(reason: str) -> str:

@@ -1,6 +1,7 @@
 """National ingest, the reference consumer of the export queue (what the national side runs).
 
-For each ``export.batch`` (v2; unsigned v1 batches are dead-lettered):
+For each ``export.batch`` (v2, or v3 with clinical records; unsigned v1 batches are
+dead-lettered):
 
 1. **deduplicate** by ``batch_id``: a batch already ingested (a republish after an exporter
    crash) is answered with the receipt it got the first time, and nothing is stored twice;
@@ -16,7 +17,8 @@ For each ``export.batch`` (v2; unsigned v1 batches are dead-lettered):
    pseudonyms to new: ``consumers.national_links``) and say ``applied``; verify, archive and
    link the clinical records (national batch manifest v2) to their patient's studies by
    pseudonym (``consumers.clinical.national``) and say ``accepted`` or ``rejected`` for each;
-5. publish ``export.receipt`` v2, then record the batch as ingested.
+5. publish ``export.receipt`` (v3 when it answers clinical records, else v2), then record the
+   batch as ingested.
 """
 
 from __future__ import annotations
@@ -85,6 +87,10 @@ class NationalIngest:
             producer=self.producer,
             parents=[message],
             body=receipt_body,
+            # v3 answers clinical records (a v3 batch); a batch of images alone gets v2
+            version=3
+            if "clinical" in receipt_body or "clinical_withdrawals" in receipt_body
+            else 2,
         )
         self.bus.publish(receipt)
         put_json(self.store, self.archive, seen, {"receipt": receipt_body, "at": time.time()})

@@ -7,7 +7,9 @@ checked against that digest, then every pair becomes a link in the archive
 a patient the change of date shift). Nothing archived is rewritten: a study exported under the
 old key keeps its files; readers resolve an old pseudonym to the current one through the
 links (a chain, after several rotations), which is how a patient's studies from before and
-after a rotation come together. Applying a map twice writes the same links.
+after a rotation come together. Each link is also written backwards
+(``_ingest/links/<kind>-from/<new>/<old>``, an empty marker), so ``family`` finds from the
+current pseudonym every older one. Applying a map twice writes the same links.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ def apply(store: ObjectStore, bucket: str, archive: str, item: dict[str, Any]) -
             if kind == "patient":
                 link["date_shift_delta_days"] = pair["date_shift_delta_days"]
             put_json(store, archive, layout.national_link_key(kind, pair["from"]), link)
+            store.put_bytes(
+                archive, layout.national_link_reverse_key(kind, pair["to"], pair["from"]), b""
+            )
     put_json(store, archive, layout.national_rotation_key(doc["trust"], rotation_id), doc)
     return {"rotation_id": rotation_id, "status": "applied"}
 
@@ -68,6 +73,38 @@ def resolve(store: ObjectStore, archive: str, kind: str, value: str) -> tuple[st
         value = link["to"]
         delta += int(link.get("date_shift_delta_days", 0))
     raise ValueError(f"{kind} links: a chain longer than {MAX_HOPS} (a loop?)")
+
+
+def family(store: ObjectStore, archive: str, kind: str, value: str) -> list[str]:
+    """Every pseudonym linked to ``value`` across rotations: the current one first, then
+    every earlier one it replaced (directly or down a chain, through the reverse markers),
+    then any on ``value``'s own way forwards that no marker names (links applied before the
+    markers existed)."""
+    chain = [value]  # value -> ... -> current
+    while True:
+        try:
+            link = get_json(store, archive, layout.national_link_key(kind, chain[-1]))
+        except NotFound:
+            break
+        if link["to"] in chain or len(chain) > MAX_HOPS:
+            raise ValueError(f"{kind} links: a loop or a chain longer than {MAX_HOPS}")
+        chain.append(link["to"])
+    out, frontier = [chain[-1]], [chain[-1]]
+    seen = set(out)
+    while frontier:
+        if len(out) > MAX_HOPS * MAX_HOPS:
+            raise ValueError(f"{kind} links: too many earlier pseudonyms (a loop?)")
+        earlier = []
+        for name in frontier:
+            prefix = layout.national_link_reverse_prefix(kind, name)
+            for key in store.list_keys(archive, prefix):
+                old = key[len(prefix) :]
+                if old not in seen:
+                    seen.add(old)
+                    earlier.append(old)
+        out += sorted(earlier)
+        frontier = sorted(earlier)
+    return out + [name for name in reversed(chain) if name not in seen]
 
 
 def studies_by_patient(store: ObjectStore, archive: str) -> dict[str, set[str]]:

@@ -24,8 +24,9 @@ from smartbox.errors import SchemaError
 SCHEMAS: dict[str, int] = {
     "study.arrived": 2,
     "study.staged": 1,
-    "export.batch": 2,
-    "export.receipt": 2,
+    # v3: v2 plus clinical records; written only for a batch carrying them (else v2)
+    "export.batch": 3,
+    "export.receipt": 3,
     "export.failed": 1,
     "clinical.arrived": 1,
     "clinical.submitted": 1,
@@ -33,8 +34,8 @@ SCHEMAS: dict[str, int] = {
 #: earlier versions still shipped, so the loader can name what an old message was
 SUPERSEDED: dict[str, tuple[int, ...]] = {
     "study.arrived": (1,),
-    "export.batch": (1,),
-    "export.receipt": (1,),
+    "export.batch": (1, 2),
+    "export.receipt": (1, 2),
     # still written for a batch without clinical records (and read): v2 adds them
     "national.batch": (1,),
 }
@@ -147,15 +148,21 @@ def make_message(
     parents: Iterable[Mapping[str, Any]] = (),
     correlation_id: str | None = None,
     message_id: str | None = None,
+    version: int | None = None,
 ) -> dict[str, Any]:
-    """Build an envelope. Lineage comes from ``parents``: their ids and correlation id."""
+    """Build an envelope. Lineage comes from ``parents``: their ids and correlation id.
+    ``version``: an earlier version still written (SUPERSEDED), else the current one."""
+    if version is None:
+        version = SCHEMAS[schema]
+    elif version != SCHEMAS[schema] and version not in SUPERSEDED.get(schema, ()):
+        raise SchemaError(f"{schema}: no schema for version {version}")
     parent_list = list(parents)
     if correlation_id is None:
         correlation_id = str(parent_list[0]["correlation_id"]) if parent_list else str(uuid.uuid4())
     return {
         "message_id": message_id or str(uuid.uuid4()),
         "schema": schema,
-        "version": SCHEMAS[schema],
+        "version": version,
         "producer": producer,
         "produced_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "correlation_id": correlation_id,

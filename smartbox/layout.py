@@ -433,6 +433,16 @@ def national_link_key(kind: str, pseudonym: str) -> str:
     return f"_ingest/links/{kind}/{pseudonym}.json"
 
 
+def national_link_reverse_prefix(kind: str, pseudonym: str) -> str:
+    return f"_ingest/links/{kind}-from/{pseudonym}/"
+
+
+def national_link_reverse_key(kind: str, pseudonym: str, earlier: str) -> str:
+    """National archive marker: ``earlier`` was replaced by ``pseudonym`` at a rotation (the
+    link read backwards: which older pseudonyms a current one has)."""
+    return f"{national_link_reverse_prefix(kind, pseudonym)}{earlier}"
+
+
 def national_patient_prefix(patient: str) -> str:
     return f"_ingest/patients/{patient}/"
 

@@ -317,7 +317,7 @@ RETRIEVE_STUDIES_RETRIEVED = Counter(
 )
 RETRIEVE_INSTANCES = Counter(
     "smartbox_retrieve_instances_total",
-    "Instances the archive reported moved to the receiver (completed sub-operations)",
+    "Instances the archive reported retrieved to the receiver (C-MOVE or C-GET sub-operations)",
     ["trust"],
 )
 RETRIEVE_FAILURES = Counter(
@@ -342,7 +342,7 @@ RETRIEVE_ACTIVE_COHORTS = Gauge(
 )
 RETRIEVE_WINDOW_OPEN = Gauge(
     "smartbox_retrieve_window_open",
-    "1 while every archive of the trust is inside its off-peak window (or overridden)",
+    "1 while at least one archive of the trust is inside its off-peak window (or overridden)",
     ["trust"],
 )
 

@@ -30,8 +30,8 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from . import layout
-from .errors import NotFound, PermanentError, TransientError
-from .store import ObjectStore, get_json
+from .errors import NotFound, PermanentError
+from .store import ObjectStore, entries_if_bucket, get_json
 
 _REASON_RE = re.compile(r"[^A-Za-z0-9_:.-]")
 T = TypeVar("T")
@@ -137,17 +137,7 @@ def _json_records(
     ``parse`` accepts; an absent bucket yields nothing, an unreadable object is skipped.
     ``since``: objects last modified before it are not read (a listing costs one request per
     1,000 keys, a read one per object); ``listed`` sees the time of every parsed key."""
-    try:
-        entries = list(store.list_entries(bucket, prefix))
-    except (NotFound, PermanentError):
-        return
-    except TransientError:
-        # a bucket not created yet reads as transient too: if the store itself answers,
-        # the bucket is absent (nothing recorded there yet), else the outage is real
-        if store.ping():
-            return
-        raise
-    for key, _size, mtime in entries:
+    for key, _size, mtime in entries_if_bucket(store, bucket, prefix):
         try:
             m = parse(key)
         except ValueError:

@@ -82,6 +82,22 @@ def get_json(store: ObjectStore, bucket: str, key: str) -> Any:
         raise PermanentError(f"{bucket}/{key}: not JSON") from exc
 
 
+def entries_if_bucket(
+    store: ObjectStore, bucket: str, prefix: str = ""
+) -> list[tuple[str, int, float]]:
+    """``store.list_entries`` for a reader (a report, a count), where a bucket not created yet
+    means nothing recorded there yet: empty. A missing bucket reads as transient, so the store
+    is pinged: if it answers, the bucket is absent; if not, the outage is real and raised."""
+    try:
+        return list(store.list_entries(bucket, prefix))
+    except (NotFound, PermanentError):
+        return []
+    except TransientError:
+        if store.ping():
+            return []
+        raise
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -6,7 +6,8 @@ schema (``clinical.record`` v1, the listed record id and patient), archived unde
 and linked: ``_ingest/patients/<pseudonym>/clinical/<record_id>.json`` names the latest
 version of the record (by ``recorded_at``), beside ``_ingest/patients/<pseudonym>/study/<uid>``
 markers the ingest writes for every archived study. ``patient_links`` reads both: what the
-national database holds for one pseudonym, images and clinical data together.
+national database holds for one patient, images and clinical data together, under every
+pseudonym a key rotation linked (looked up by the old one or the new one alike).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 from typing import Any
 
 import schemas
+from consumers import national_links
 from smartbox import layout
 from smartbox.errors import NotFound, SchemaError
 from smartbox.store import ObjectStore, get_json, put_json
@@ -97,8 +99,36 @@ def unlink_study(store: ObjectStore, archive: str, manifest: dict[str, Any]) -> 
 
 
 def patient_links(store: ObjectStore, archive: str, patient: str) -> dict[str, Any]:
-    """What the archive holds for one pseudonym: its study UIDs, and its clinical records
-    (record id -> the archived record, latest version)."""
+    """What the archive holds for one patient, looked up by any of their pseudonyms: key
+    rotations link an old pseudonym to its new one (``consumers.national_links``), and this
+    follows them both ways, so the old and the new pseudonym give the same answer.
+
+    ``studies`` (archived study UIDs, as exported) and ``clinical`` (record id -> the archived
+    record, latest version; each record names its own ``patient``) of every linked pseudonym;
+    ``patient``: the current pseudonym; ``pseudonyms``: it and every earlier one;
+    ``by_pseudonym``: pseudonym -> the study UIDs and record ids archived under it."""
+    names = national_links.family(store, archive, "patient", patient)
+    studies: set[str] = set()
+    clinical: dict[str, dict[str, Any]] = {}
+    by_pseudonym: dict[str, dict[str, list[str]]] = {}
+    for name in names:
+        held_studies, held_records = _held(store, archive, name)
+        studies |= held_studies
+        clinical.update(held_records)
+        by_pseudonym[name] = {"studies": sorted(held_studies), "clinical": sorted(held_records)}
+    return {
+        "patient": names[0],
+        "pseudonyms": names,
+        "studies": sorted(studies),
+        "clinical": clinical,
+        "by_pseudonym": by_pseudonym,
+    }
+
+
+def _held(
+    store: ObjectStore, archive: str, patient: str
+) -> tuple[set[str], dict[str, dict[str, Any]]]:
+    """The study UIDs and clinical records archived under exactly this pseudonym."""
     studies: set[str] = set()
     clinical: dict[str, dict[str, Any]] = {}
     prefix = layout.national_patient_prefix(patient)
@@ -109,4 +139,4 @@ def patient_links(store: ObjectStore, archive: str, patient: str) -> dict[str, A
         elif kind == "clinical" and name.endswith(".json"):
             link = get_json(store, archive, key)
             clinical[name.removesuffix(".json")] = get_json(store, archive, link["key"])
-    return {"studies": sorted(studies), "clinical": clinical}
+    return studies, clinical

@@ -16,7 +16,7 @@ from smartbox.settings import Settings
 from smartbox.trusts import TrustConfig
 
 from .config import require
-from .rows import CohortRow
+from .rows import CohortRow, row_pseudonym
 from .state import CohortState, state_path
 
 
@@ -43,7 +43,7 @@ def submit(
     require(trust)
     key = key or RegionalKey.from_env()
     names = pseudonymiser(trust, key)
-    pseudonyms = [names.patient(r.nhs_number, r.patient_id)[0] for r in rows]
+    pseudonyms = [row_pseudonym(names, trust.nhs_number_attribute, r) for r in rows]
     state = open_state(settings, trust)
     try:
         return state.add_cohort(trust.code, source, list(rows), pseudonyms, rejected)

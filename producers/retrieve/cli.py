@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
@@ -49,8 +50,19 @@ def add_parser(sub: Any) -> None:
         help="work outside the off-peak window (the PACS manager must agree)",
     )
     r.add_argument("--once", action="store_true", help="exit when no cohort has work left")
-    r.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
-    r.add_argument("--metrics-host", default="127.0.0.1", help="default %(default)s")
+    # the deployments set the port and address in the environment, as for every daemon
+    env_port = os.environ.get("SMARTBOX_METRICS_PORT", "").strip()
+    r.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(env_port) if env_port.isdigit() else None,
+        help="serve /metrics, /healthz, /readyz here (default: SMARTBOX_METRICS_PORT, else none)",
+    )
+    r.add_argument(
+        "--metrics-host",
+        default=os.environ.get("SMARTBOX_METRICS_HOST", "").strip() or "127.0.0.1",
+        help="default %(default)s, or SMARTBOX_METRICS_HOST",
+    )
     for name, what in (("status", "progress of a cohort"), ("report", "what a cohort found")):
         c = csub.add_parser(name, help=what)
         c.add_argument("--trust", required=True, help="trust code")

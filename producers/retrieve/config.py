@@ -9,6 +9,8 @@ the file and the key (``trusts/RGT.toml: field 'retrieve.archives[0].port': ...`
     [retrieve]
     calling_ae = "SMARTBOX_QR"          # our AE title towards the archive (default SMARTBOX_QR)
     move_destination = "SMARTBOX_RGT"   # default: the trust's own receiver (its ae_title)
+    receiver_host = "127.0.0.1"         # C-GET: where the trust's receiver listens (default:
+                                        # its bind_host, loopback if that is a wildcard)
     modalities = ["CR", "DX", "CT", "MR"]
     body_parts = ["CHEST", "THORAX", "LUNG"]            # series BodyPartExamined
     description_include = ["chest", "thora", "lung"]    # study description, case-insensitive
@@ -24,7 +26,7 @@ the file and the key (``trusts/RGT.toml: field 'retrieve.archives[0].port': ...`
     ae_title = "RGT_PACS"
     host = "10.20.1.5"
     port = 104
-    method = "C-MOVE"
+    method = "C-MOVE"                   # or "C-GET": the archive sends over our association
     max_associations = 2                # open at once towards this archive
     instances_per_second = 20           # token bucket, refilled continuously
     burst_instances = 100               # bucket size
@@ -51,13 +53,16 @@ DEFAULT_MODALITIES = ("CR", "DX", "CT", "MR")
 DEFAULT_BODY_PARTS = ("CHEST", "THORAX", "LUNG")
 DEFAULT_INCLUDE = (r"chest", r"thora", r"lung", r"\bcxr\b", r"\bctpa\b", r"pulmonary")
 DEFAULT_EXCLUDE = (r"\bhead\b", r"brain", r"skull")
-METHODS = ("C-MOVE",)  # C-GET: not implemented yet (docs/retrieve.md)
+METHODS = ("C-MOVE", "C-GET")
+_WILDCARD_HOSTS = ("", "0.0.0.0", "::")  # noqa: S104 - a bind address, not one we bind
+_LOOPBACK = ("127.0.0.1", "localhost")
 _MODALITY_RE = re.compile(r"^[A-Z0-9]{1,16}$")
 _NAME_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
 
 _TOP_KEYS = {
     "calling_ae",
     "move_destination",
+    "receiver_host",
     "modalities",
     "body_parts",
     "description_include",
@@ -128,6 +133,16 @@ class Filters:
 
 
 @dataclass(frozen=True)
+class ReceiverTarget:
+    """The trust's own receiver, as the cohort process reaches it to pass on what a C-GET
+    brings (it runs on the receiver's host)."""
+
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
 class RetrieveConfig:
     """A trust's retrieval settings, validated."""
 
@@ -136,6 +151,10 @@ class RetrieveConfig:
     move_destination: str
     archives: tuple[Archive, ...]
     filters: Filters
+    receiver: ReceiverTarget
+    #: the trust's attribute holding the NHS number in its images: what a C-FIND for a
+    #: cohort patient with an NHS number matches on
+    nhs_number_attribute: str = "PatientID"
     max_attempts: int = 5
     retry_initial_seconds: float = 60.0
     retry_max_seconds: float = 3600.0
@@ -225,6 +244,44 @@ def _tls(path: Path, raw: Any, where: str) -> ClientTls | None:
     return ClientTls(files["ca_file"], files["cert_file"], files["key_file"])
 
 
+def _allowed(trust: TrustConfig, ae_title: str) -> bool:
+    return "*" in trust.allowed_callers or ae_title in trust.allowed_callers
+
+
+def _receiver(path: Path, raw: Mapping[str, Any], trust: TrustConfig) -> ReceiverTarget:
+    default = "127.0.0.1" if trust.bind_host.strip() in _WILDCARD_HOSTS else trust.bind_host
+    host = raw.get("receiver_host", default)
+    if not isinstance(host, str) or not host.strip():
+        raise _fail(path, "receiver_host", "the host name or address of the trust's receiver")
+    return ReceiverTarget(trust.ae_title, host.strip(), trust.port)
+
+
+def _check_get(path: Path, calling_ae: str, trust: TrustConfig, receiver: ReceiverTarget) -> None:
+    """With C-GET the cohort process hands each instance to the receiver itself."""
+    if receiver.host in _LOOPBACK and trust.allowed_networks:
+        allowed, _why = trust.caller_allowed(calling_ae, "127.0.0.1")
+        if not allowed and _allowed(trust, calling_ae):
+            raise _fail(
+                path,
+                "receiver_host",
+                "the receiver's allowed_networks leave out 127.0.0.1, where the cohort process "
+                "passes C-GET instances on from: add 127.0.0.1/32 to allowed_networks",
+            )
+    if not _allowed(trust, calling_ae):
+        raise _fail(
+            path,
+            "calling_ae",
+            f"add {calling_ae!r} to allowed_callers too: with C-GET the cohort process passes "
+            "the instances to the receiver as this AE title",
+        )
+    if trust.tls is not None:
+        raise _fail(
+            path,
+            "archives",
+            "C-GET to a trust whose receiver requires TLS is not supported yet: use C-MOVE",
+        )
+
+
 def parse_archive(path: Path, raw: Any, index: int, trust: TrustConfig) -> Archive:
     """One ``[[retrieve.archives]]`` table."""
     where = f"archives[{index}]."
@@ -237,7 +294,10 @@ def parse_archive(path: Path, raw: Any, index: int, trust: TrustConfig) -> Archi
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise _fail(path, f"{where}name", "1-32 lower-case letters, digits, '_' or '-'")
     ae_title = _ae(path, raw, "ae_title", where, None)
-    if "*" not in trust.allowed_callers and ae_title not in trust.allowed_callers:
+    method = raw.get("method", "C-MOVE")
+    if method not in METHODS:
+        raise _fail(path, f"{where}method", "C-MOVE or C-GET")
+    if method == "C-MOVE" and not _allowed(trust, ae_title):
         # the archive calls the receiver as itself to deliver a C-MOVE
         raise _fail(path, f"{where}ae_title", f"add {ae_title!r} to allowed_callers too")
     host = raw.get("host")
@@ -246,11 +306,6 @@ def parse_archive(path: Path, raw: Any, index: int, trust: TrustConfig) -> Archi
     port = raw.get("port")
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise _fail(path, f"{where}port", "required, an integer 1-65535")
-    method = raw.get("method", "C-MOVE")
-    if method == "C-GET":
-        raise _fail(path, f"{where}method", "C-GET is not supported yet: use C-MOVE")
-    if method not in METHODS:
-        raise _fail(path, f"{where}method", "C-MOVE")
     window_start = raw.get("window_start", "0 19 * * *")
     if not isinstance(window_start, str):
         raise _fail(path, f"{where}window_start", "a cron expression")
@@ -299,12 +354,18 @@ def parse(trust: TrustConfig) -> RetrieveConfig | None:
     maximum = _number(path, raw, "retry_max_seconds", "", 3600, 0.1, 7 * 86400)
     if maximum < initial:
         raise _fail(path, "retry_max_seconds", "must be at least retry_initial_seconds")
+    calling_ae = _ae(path, raw, "calling_ae", "", "SMARTBOX_QR")
+    receiver = _receiver(path, raw, trust)
+    if any(a.method == "C-GET" for a in archives):
+        _check_get(path, calling_ae, trust, receiver)
     return RetrieveConfig(
         trust=trust.code,
-        calling_ae=_ae(path, raw, "calling_ae", "", "SMARTBOX_QR"),
+        calling_ae=calling_ae,
         move_destination=_ae(path, raw, "move_destination", "", trust.ae_title),
         archives=archives,
         filters=parse_filters(path, raw),
+        receiver=receiver,
+        nhs_number_attribute=trust.nhs_number_attribute,
         max_attempts=_integer(path, raw, "max_attempts", "", 5, 1, 100),
         retry_initial_seconds=initial,
         retry_max_seconds=maximum,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
-from consumers.deid.pseudonyms import nhs_number_valid
+from consumers.deid.pseudonyms import Pseudonymiser, nhs_number_valid
 from smartbox.errors import ConfigError
 
 COLUMNS = ("nhs_number", "patient_id", "date_from", "date_to", "modalities", "body_parts")
@@ -49,10 +49,30 @@ class CohortRow:
     def __repr__(self) -> str:
         return f"CohortRow(row={self.row})"
 
-    @property
-    def query_id(self) -> str:
-        """The PatientID to ask the archive for (the NHS number's digits, else the local ID)."""
-        return self.nhs_number or self.patient_id or ""
+    def query(self, nhs_number_attribute: str = "PatientID") -> tuple[str, str]:
+        """The attribute and value to ask the archive for (``query_key``)."""
+        return query_key(nhs_number_attribute, self.nhs_number, self.patient_id)
+
+
+def query_key(
+    nhs_number_attribute: str, nhs_number: str | None, patient_id: str | None
+) -> tuple[str, str]:
+    """``(attribute keyword, value)`` a C-FIND matches a cohort patient on: the NHS number's
+    digits in the trust's ``nhs_number_attribute`` (where its images hold it: PatientID, or
+    e.g. OtherPatientIDs), else the local ID in PatientID."""
+    if nhs_number:
+        return nhs_number_attribute, nhs_number
+    return "PatientID", patient_id or ""
+
+
+def row_pseudonym(names: Pseudonymiser, nhs_number_attribute: str, row: CohortRow) -> str:
+    """The patient pseudonym the de-identifier gives this row's images: from the NHS number;
+    for a local ID, as ``consumers.withdraw_resolve`` does, the ID read as an NHS number too
+    when the trust keeps NHS numbers in PatientID."""
+    if row.nhs_number:
+        return names.patient(row.nhs_number, None)[0]
+    nhs = row.patient_id if nhs_number_attribute == "PatientID" else None
+    return names.patient(nhs, row.patient_id)[0]
 
 
 @dataclass
@@ -108,10 +128,11 @@ def validate_row(source: str, number: int, raw: dict[str, str]) -> CohortRow | l
         bad("nhs_number", "give an NHS number or a patient_id")
     start = _date(raw.get("date_from") or "")
     end = _date(raw.get("date_to") or "")
-    if start is None:
-        bad("date_from", "required, a date YYYY-MM-DD")
-    if end is None:
-        bad("date_to", "required, a date YYYY-MM-DD")
+    for fld, day in (("date_from", start), ("date_to", end)):
+        if day is None:
+            given = (raw.get(fld) or "").strip()
+            invalid = "not a real date (YYYY-MM-DD or YYYYMMDD)"
+            bad(fld, invalid if given else "required, a date YYYY-MM-DD")
     if start is not None and end is not None and end < start:
         bad("date_to", "before date_from")
     modalities = _codes(raw.get("modalities") or "")

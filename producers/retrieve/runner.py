@@ -4,8 +4,9 @@ matches to the trust's own receiver, gently, off-peak, resumably.
 Work is pulled from the cohort database (``state``): nothing is held in memory that a crash
 would lose. Patients due are asked for their studies (C-FIND, STUDY level, their date window);
 the answers and the patient's ``queried`` state are written in one transaction. Studies due
-are moved (C-MOVE to ``move_destination``): the receiver stores them and they follow the
-pushed path, marked ``retrieved`` (backfill) by their Move Originator AE Title.
+are moved (C-MOVE to ``move_destination``; or C-GET, each instance passed on to the receiver
+by ``forward``): the receiver stores them and they follow the pushed path, marked
+``retrieved`` (backfill) by their Move Originator AE Title.
 
 Idempotent: before a move the receiver's ledger is asked (``received``); a study it holds
 whole is not asked for again, one it holds in part (a move cut by a crash or an archive
@@ -34,6 +35,7 @@ from .config import Archive, RetrieveConfig
 from .limits import Associations, TokenBucket
 from .matching import decide, rules_for
 from .received import ReceiverLedger
+from .rows import query_key
 from .scu import ArchiveClient, RetrieveError
 from .state import CohortState, Patient, Study
 from .window import Window
@@ -75,7 +77,12 @@ class CohortRunner:
         self.peers = {
             a.name: Peer(
                 a,
-                ArchiveClient(a, config.calling_ae, Associations(a.max_associations)),
+                ArchiveClient(
+                    a,
+                    config.calling_ae,
+                    Associations(a.max_associations),
+                    receiver=config.receiver,
+                ),
                 Window(a.window_start, a.window_hours, a.timezone),
                 TokenBucket(a.instances_per_second, a.burst_instances),
                 TokenBucket(a.queries_per_second, max(1.0, a.queries_per_second)),
@@ -85,11 +92,21 @@ class CohortRunner:
         self._stop = threading.Event()
 
     # --- scheduling ---------------------------------------------------------------------
-    def window_open(self) -> bool:
+    def open_archives(self) -> set[str]:
+        """The archives inside their own off-peak window now (all with ``ignore_window``)."""
         if self.ignore_window:
-            return True
+            return set(self.peers)
         now = datetime.fromtimestamp(self.clock(), UTC)
-        return all(p.window.is_open(now) for p in self.peers.values())
+        return {name for name, p in self.peers.items() if p.window.is_open(now)}
+
+    def window_open(self) -> bool:
+        """Whether any archive may be asked anything now."""
+        return bool(self.open_archives())
+
+    def next_opening(self, names: set[str]) -> float:
+        """When the first of these archives' windows next opens (now if one is open)."""
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        return min(self.peers[n].window.next_open(now).timestamp() for n in names)
 
     def backoff(self, attempts: int) -> float:
         """Seconds before attempt ``attempts + 1`` (exponential, capped, with jitter)."""
@@ -107,7 +124,7 @@ class CohortRunner:
                 for key in [k for k, f in in_flight.items() if f.done()]:
                     in_flight.pop(key).result()  # a bug surfaces here, not silently
                 metrics.RETRIEVE_ACTIVE_COHORTS.labels(self.trust).set(self.state.active_cohorts())
-                is_open = self.window_open()
+                is_open = self.open_archives()
                 metrics.RETRIEVE_WINDOW_OPEN.labels(self.trust).set(1 if is_open else 0)
                 if is_open and len(in_flight) < workers:
                     now = self.clock()
@@ -115,7 +132,7 @@ class CohortRunner:
                         key = ("p", patient.id)
                         if key not in in_flight and len(in_flight) < workers:
                             in_flight[key] = pool.submit(self._guard, self.query, patient)
-                    for study in self.state.due_studies(now, workers):
+                    for study in self.state.due_studies(now, workers, is_open):
                         key = ("s", study.id)
                         if key not in in_flight and len(in_flight) < workers:
                             in_flight[key] = pool.submit(self._guard, self.retrieve, study)
@@ -137,14 +154,32 @@ class CohortRunner:
 
     # --- a patient ----------------------------------------------------------------------
     def query(self, patient: Patient) -> None:
-        """Ask every archive for the patient's studies in its window; record what matches."""
+        """Ask each archive for the patient's studies in the patient's date window, each
+        archive inside its own off-peak window; record what matches. The patient is
+        ``queried`` once every archive has answered; until then it waits for the next of
+        the others' windows."""
         rules = rules_for(self.config.filters, patient.modalities, patient.body_parts)
+        todo = {n for n in self.peers if n not in patient.archives_queried}
+        asking = todo & self.open_archives()
+        if not asking:
+            if todo:
+                self.state.defer_patient(patient, self.next_opening(todo))
+            else:  # every archive asked before (a restart): nothing left
+                self.state.record_query(patient, [])
+            return
         records = []
         try:
             for name, peer in self.peers.items():
+                if name not in asking:
+                    continue
                 self._take(peer.queries, 1, "queries")
+                attribute, value = query_key(
+                    self.config.nhs_number_attribute,
+                    patient.query_id if patient.by_nhs else None,
+                    None if patient.by_nhs else patient.query_id,
+                )
                 found = peer.client.find_studies(
-                    patient.query_id, patient.date_from, patient.date_to
+                    attribute, value, patient.date_from, patient.date_to
                 )
                 metrics.RETRIEVE_QUERIES.labels(self.trust, "ok").inc()
                 for study in found:
@@ -184,17 +219,20 @@ class CohortRunner:
                 "" if again else ": given up",
             )
             return
-        self.state.record_query(patient, records)
+        later = todo - asking
+        pending_until = self.next_opening(later) if later else None
+        self.state.record_query(patient, records, sorted(asking), pending_until)
         n_wanted = sum(1 for r in records if r[5] == "found")
         metrics.RETRIEVE_STUDIES_FOUND.labels(self.trust).inc(n_wanted)
         metrics.RETRIEVE_STUDIES_FILTERED.labels(self.trust).inc(len(records) - n_wanted)
         log.info(
-            "%s: cohort %s row %d: %d studies found, %d wanted",
+            "%s: cohort %s row %d: %d studies found, %d wanted%s",
             self.trust,
             patient.cohort_id,
             patient.row,
             len(records),
             n_wanted,
+            f" ({len(later)} archive(s) to ask in their window)" if later else "",
         )
 
     # --- a study ------------------------------------------------------------------------
@@ -208,6 +246,9 @@ class CohortRunner:
         peer = self.peers.get(study.archive)
         if peer is None:  # the archive was removed from the trust file
             self.state.finish(study, "failed", "association_failed")
+            return
+        if study.archive not in self.open_archives():  # its own window is closed
+            self.state.defer(study, self.next_opening({study.archive}))
             return
         try:
             missing: list[str] | None = None
@@ -233,11 +274,11 @@ class CohortRunner:
                 )
             expected = len(missing) if missing is not None else (study.instances or 1)
             self._take(peer.instances, expected, "instances")
-            if not self.window_open():  # it closed while we waited for tokens: not now
+            if study.archive not in self.open_archives():  # it closed while we waited: not now
                 peer.instances.adjust(-expected)
                 return
             self.state.start_move(study)
-            result = peer.client.move(self.config.move_destination, study.study_uid, missing)
+            result = peer.client.retrieve(self.config.move_destination, study.study_uid, missing)
             moved = result.completed + result.failed + result.warning
             peer.instances.adjust(moved - expected)
             metrics.RETRIEVE_INSTANCES.labels(self.trust).inc(result.completed)

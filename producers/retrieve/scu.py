@@ -1,4 +1,4 @@
-"""Query/retrieve towards one archive with pynetdicom (C-FIND and C-MOVE, Study Root).
+"""Query/retrieve towards one archive with pynetdicom (C-FIND, C-MOVE and C-GET, Study Root).
 
 Every association goes through the archive's ``Associations`` limit, and pynetdicom's outcomes
 are translated at this edge (STYLE 2): a refused or dropped association, or a failure status,
@@ -16,16 +16,18 @@ from datetime import date
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE
+from pynetdicom import AE, StoragePresentationContexts, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from producers.receiver.scp import TRANSFER_SYNTAXES
 from smartbox.errors import SmartboxError, TransientError
 from smartbox.retry import call_with_retry
 
-from .config import Archive
+from .config import Archive, ReceiverTarget
+from .forward import GET_MODEL, MAX_CONTEXTS, Forwarder, storage_contexts
 from .limits import Associations
 from .state import FAILURE_REASONS
 
@@ -76,8 +78,14 @@ def _int(value: Any) -> int | None:
         return None
 
 
+#: the storage SOP classes a C-GET association offers to receive (pynetdicom's common 120,
+#: which fit in one association with the C-GET model's context)
+GET_SOP_CLASSES = tuple(str(cx.abstract_syntax) for cx in StoragePresentationContexts)
+
+
 class ArchiveClient:
-    """C-FIND and C-MOVE towards one archive as ``calling_ae``."""
+    """C-FIND, and C-MOVE or C-GET, towards one archive as ``calling_ae``; with C-GET the
+    instances are passed on to ``receiver`` (``forward``)."""
 
     def __init__(
         self,
@@ -85,21 +93,32 @@ class ArchiveClient:
         calling_ae: str,
         associations: Associations,
         *,
+        receiver: ReceiverTarget | None = None,
         connect_retry_seconds: float = 30.0,
     ) -> None:
         self.connect_retry_seconds = connect_retry_seconds
         self.archive = archive
         self.calling_ae = calling_ae
         self.associations = associations
+        self.receiver = receiver
 
-    def _ae(self) -> AE:
+    def _ae(self, *, get: bool = False) -> tuple[AE, list[Any]]:
+        """The AE for an association, and the role selections it proposes (C-GET)."""
         ae = AE(ae_title=self.calling_ae)
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        roles: list[Any] = []
+        if get:  # a C-GET association carries only the C-GET and the storage contexts
+            ae.add_requested_context(GET_MODEL)
+            room = MAX_CONTEXTS - len(ae.requested_contexts)
+            contexts, roles = storage_contexts(GET_SOP_CLASSES, list(TRANSFER_SYNTAXES), room)
+            for cx in contexts:
+                ae.add_requested_context(str(cx.abstract_syntax), cx.transfer_syntax)
+        else:
+            ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+            ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
         timeout = self.archive.network_timeout_seconds
         ae.acse_timeout = ae.network_timeout = ae.connection_timeout = timeout
         ae.dimse_timeout = timeout
-        return ae
+        return ae, roles
 
     def _tls(self) -> tuple[ssl.SSLContext, str] | None:
         tls = self.archive.tls
@@ -111,13 +130,19 @@ class ArchiveClient:
             ctx.load_cert_chain(tls.cert_file, tls.key_file)
         return ctx, self.archive.host
 
-    def _open(self) -> Any:
+    def _open(self, forwarder: Forwarder | None = None) -> Any:
+        ae, roles = self._ae(get=forwarder is not None)
+        extra: dict[str, Any] = {}
+        if forwarder is not None:
+            extra["ext_neg"] = roles  # SCP role: the archive's C-STOREs come to us
+            extra["evt_handlers"] = [(evt.EVT_C_STORE, forwarder.handle_store)]
         try:
-            assoc = self._ae().associate(
+            assoc = ae.associate(
                 self.archive.host,
                 self.archive.port,
                 ae_title=self.archive.ae_title,
                 tls_args=self._tls(),
+                **extra,
             )
         except (OSError, ssl.SSLError) as exc:
             raise _Unreachable(exc.__class__.__name__) from None
@@ -128,7 +153,7 @@ class ArchiveClient:
         return assoc
 
     @contextmanager
-    def association(self) -> Iterator[Any]:
+    def association(self, forwarder: Forwarder | None = None) -> Iterator[Any]:
         """An association to the archive, within its limit; released (or aborted) after.
 
         An archive that does not answer (restarting, a network blip) is tried again with
@@ -137,7 +162,7 @@ class ArchiveClient:
         with self.associations:
             try:
                 assoc = call_with_retry(
-                    self._open,
+                    lambda: self._open(forwarder),
                     what=f"{self.archive.name}: associate",
                     max_seconds=self.connect_retry_seconds,
                     initial=0.5,
@@ -162,12 +187,13 @@ class ArchiveClient:
                 raise RetrieveError("association_failed", "no response")
             yield code, status, identifier
 
-    def find_studies(self, patient_id: str, start: date, end: date) -> list[FoundStudy]:
-        """Every study of a patient within a date range (STUDY level); the modality filter
-        is applied by the caller, as archives differ in how they match ModalitiesInStudy."""
+    def find_studies(self, attribute: str, value: str, start: date, end: date) -> list[FoundStudy]:
+        """Every study of a patient (``attribute`` = ``value``: PatientID, or the trust's NHS
+        number attribute) within a date range (STUDY level); the modality filter is applied
+        by the caller, as archives differ in how they match ModalitiesInStudy."""
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
-        query.PatientID = patient_id
+        setattr(query, attribute, value)
         query.StudyDate = f"{_da(start)}-{_da(end)}"
         query.StudyInstanceUID = ""
         query.ModalitiesInStudy = ""
@@ -213,11 +239,18 @@ class ArchiveClient:
                     raise RetrieveError("query_failed", f"status 0x{code:04X}")
         return out
 
-    def move(
+    def retrieve(
         self, destination: str, study_uid: str, sop_uids: list[str] | None = None
     ) -> MoveResult:
-        """C-MOVE a study to ``destination``; or, with ``sop_uids``, just those instances
-        (IMAGE level, one C-MOVE each on one association: not every archive takes a list)."""
+        """The study (or, with ``sop_uids``, those instances) to the trust's receiver by the
+        archive's ``method``: C-MOVE to ``destination``, or C-GET passed on to ``receiver``."""
+        if self.archive.method == "C-GET":
+            return self.get(study_uid, sop_uids)
+        return self.move(destination, study_uid, sop_uids)
+
+    @staticmethod
+    def _queries(study_uid: str, sop_uids: list[str] | None) -> list[Dataset]:
+        """STUDY level, or IMAGE level one per instance (not every archive takes a list)."""
         queries = []
         targets: list[str | None] = list(sop_uids) if sop_uids else [None]
         for sop_uid in targets:
@@ -227,23 +260,76 @@ class ArchiveClient:
             if sop_uid is not None:
                 query.SOPInstanceUID = sop_uid
             queries.append(query)
+        return queries
+
+    def _collect(self, assoc: Any, requests: Iterator[Iterator[Any]]) -> MoveResult:
+        """The sums of the final responses' sub-operation counts (C-MOVE and C-GET alike)."""
         total = MoveResult(0, 0, 0, 0x0000)
+        for gen in requests:
+            last: Dataset | None = None
+            for code, status, _identifier in self._run(assoc, gen):
+                last = status
+                if code not in PENDING:
+                    break
+            if last is None:
+                raise RetrieveError("move_failed", "no response")
+            code = int(last.Status)
+            total = MoveResult(
+                total.completed + (_int(last.get("NumberOfCompletedSuboperations")) or 0),
+                total.failed + (_int(last.get("NumberOfFailedSuboperations")) or 0),
+                total.warning + (_int(last.get("NumberOfWarningSuboperations")) or 0),
+                code if total.status == 0x0000 else total.status,
+            )
+        return total
+
+    def move(
+        self, destination: str, study_uid: str, sop_uids: list[str] | None = None
+    ) -> MoveResult:
+        """C-MOVE a study to ``destination``; or, with ``sop_uids``, just those instances
+        (IMAGE level, one C-MOVE each on one association)."""
+        queries = self._queries(study_uid, sop_uids)
         with self.association() as assoc:
             model = StudyRootQueryRetrieveInformationModelMove
-            for query in queries:
-                last: Dataset | None = None
-                gen = assoc.send_c_move(query, destination, model)
-                for code, status, _identifier in self._run(assoc, gen):
-                    last = status
-                    if code not in PENDING:
-                        break
-                if last is None:
-                    raise RetrieveError("move_failed", "no response")
-                code = int(last.Status)
-                total = MoveResult(
-                    total.completed + (_int(last.get("NumberOfCompletedSuboperations")) or 0),
-                    total.failed + (_int(last.get("NumberOfFailedSuboperations")) or 0),
-                    total.warning + (_int(last.get("NumberOfWarningSuboperations")) or 0),
-                    code if total.status == 0x0000 else total.status,
-                )
-        return total
+            return self._collect(assoc, (assoc.send_c_move(q, destination, model) for q in queries))
+
+    def get(self, study_uid: str, sop_uids: list[str] | None = None) -> MoveResult:
+        """C-GET a study (or those instances, IMAGE level, one C-GET each); every C-STORE
+        sub-operation is passed on to the receiver and answered with its status (``forward``).
+        The counts are the archive's; an instance the receiver did not take is a failed
+        sub-operation."""
+        if self.receiver is None:
+            raise ValueError("C-GET needs the receiver to pass instances on to")
+        timeout = self.archive.network_timeout_seconds
+        forwarder = Forwarder(self.receiver, self.calling_ae, timeout)
+        queries = self._queries(study_uid, sop_uids)
+
+        def receiver_up() -> None:
+            if not forwarder.echo():
+                raise _Unreachable("receiver")
+
+        try:
+            call_with_retry(
+                receiver_up,
+                what=f"{self.archive.name}: the trust's receiver",
+                max_seconds=self.connect_retry_seconds,
+                initial=0.5,
+                max_wait=5.0,
+            )
+        except _Unreachable:
+            raise RetrieveError("association_failed", "the trust's receiver") from None
+        try:
+            with self.association(forwarder) as assoc:
+                storage = [
+                    cx for cx in assoc.accepted_contexts if cx.abstract_syntax in GET_SOP_CLASSES
+                ]
+                if not forwarder.open(storage):
+                    raise RetrieveError("association_failed", "the trust's receiver")
+
+                def requests() -> Iterator[Iterator[Any]]:
+                    for n, query in enumerate(queries, start=1):
+                        forwarder.originator_id = n
+                        yield assoc.send_c_get(query, GET_MODEL, msg_id=n)
+
+                return self._collect(assoc, requests())
+        finally:
+            forwarder.close()

@@ -69,7 +69,8 @@ CREATE TABLE IF NOT EXISTS patients (
     state TEXT NOT NULL DEFAULT 'pending',
     attempts INTEGER NOT NULL DEFAULT 0,
     next_at REAL NOT NULL DEFAULT 0,
-    reason TEXT
+    reason TEXT,
+    archives_queried TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS patients_state ON patients (state, next_at);
 CREATE TABLE IF NOT EXISTS studies (
@@ -108,6 +109,10 @@ class Patient:
     modalities: tuple[str, ...]
     body_parts: tuple[str, ...]
     attempts: int
+    #: whether ``query_id`` is the NHS number (else the trust's local patient ID)
+    by_nhs: bool = False
+    #: the archives already asked (each is asked inside its own window)
+    archives_queried: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"Patient(id={self.id}, cohort={self.cohort_id})"
@@ -159,6 +164,11 @@ class CohortState:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            columns = {r[1] for r in db.execute("PRAGMA table_info(patients)")}
+            if "archives_queried" not in columns:  # a database from before per-archive windows
+                db.execute(
+                    "ALTER TABLE patients ADD COLUMN archives_queried TEXT NOT NULL DEFAULT ''"
+                )
 
     def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
         return immediate(self._db, self._lock)
@@ -235,7 +245,8 @@ class CohortState:
     def due_patients(self, now: float, limit: int = 16) -> list[Patient]:
         rows = self._read(
             "SELECT id, cohort_id, row, COALESCE(nhs_number, patient_id), pseudonym, date_from,"
-            " date_to, modalities, body_parts, attempts FROM patients"
+            " date_to, modalities, body_parts, attempts, nhs_number IS NOT NULL,"
+            " archives_queried FROM patients"
             " WHERE state='pending' AND next_at<=? ORDER BY id LIMIT ?",
             (now, limit),
         )
@@ -251,14 +262,24 @@ class CohortState:
                 tuple(c for c in r[7].split(";") if c),
                 tuple(c for c in r[8].split(";") if c),
                 r[9],
+                bool(r[10]),
+                tuple(a for a in r[11].split(";") if a),
             )
             for r in rows
         ]
 
-    def record_query(self, patient: Patient, studies: list[FoundRecord]) -> None:
+    def record_query(
+        self,
+        patient: Patient,
+        studies: list[FoundRecord],
+        asked: Iterable[str] = (),
+        pending_until: float | None = None,
+    ) -> None:
         """A patient's C-FIND answered: its studies, each (archive, uid, pseudonym,
         modalities, instances, state, reason), and the patient ``queried``, in one
-        transaction (a crash before it re-asks; after it, never again)."""
+        transaction (a crash before it re-asks; after it, never again). With
+        ``pending_until`` only the archives ``asked`` have answered: the patient stays
+        pending until then (when the next of the others' windows opens)."""
         with self._tx() as db:
             for archive, uid, pseudonym, modalities, instances, state, reason in studies:
                 db.execute(
@@ -277,10 +298,22 @@ class CohortState:
                         reason,
                     ),
                 )
+            if pending_until is not None:
+                done = sorted(set(patient.archives_queried) | set(asked))
+                db.execute(
+                    "UPDATE patients SET archives_queried=?, next_at=?, reason=NULL WHERE id=?",
+                    (_codes(done), pending_until, patient.id),
+                )
+                return
             db.execute(
                 "UPDATE patients SET state='queried', attempts=attempts+1, reason=NULL WHERE id=?",
                 (patient.id,),
             )
+
+    def defer_patient(self, patient: Patient, next_at: float) -> None:
+        """Not now (none of the archives left to ask is in its window): at ``next_at``."""
+        with self._tx() as db:
+            db.execute("UPDATE patients SET next_at=? WHERE id=?", (next_at, patient.id))
 
     def query_failed(self, patient: Patient, reason: str, next_at: float | None) -> None:
         """A C-FIND failed: retried at ``next_at``, or failed for good (None)."""
@@ -297,9 +330,20 @@ class CohortState:
         rows = self._read(sql, args)
         return [Study(*r) for r in rows]
 
-    def due_studies(self, now: float, limit: int = 16) -> list[Study]:
+    def due_studies(
+        self, now: float, limit: int = 16, archives: Iterable[str] | None = None
+    ) -> list[Study]:
+        """Studies to retrieve now; only from ``archives`` (those in their window) if given."""
+        args: tuple[str, ...] = ()
+        where = ""
+        if archives is not None:
+            args = tuple(archives)
+            if not args:
+                return []
+            where = f" AND archive IN ({','.join('?' * len(args))})"
         return self._studies(
-            "state IN ('found','retrieving') AND next_at<=? ORDER BY id LIMIT ?", (now, limit)
+            f"state IN ('found','retrieving') AND next_at<=?{where} ORDER BY id LIMIT ?",
+            (now, *args, limit),
         )
 
     def start_move(self, study: Study) -> None:

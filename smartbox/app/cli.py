@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["deidentify"]:
-        from consumers.deid.cli import main as deid_main
+        from smartbox.app.deidentify_cli import main as deid_main
 
         return deid_main(args_list[1:])
     parser = build_parser()

@@ -8,9 +8,10 @@ import threading
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from smartbox.errors import ConfigError
+from smartbox.errors import ConfigError, TransientError
 
 if TYPE_CHECKING:
+    from consumers.export_policy import ExportPolicy
     from smartbox.settings import Settings
 
 
@@ -122,7 +123,48 @@ def reconcile_command(args: argparse.Namespace, settings: Settings) -> int:
     outstanding = sum(ln.outstanding for ln in lines)
     hours = policy.outstanding_max_age_seconds / 3600
     print(f"{args.trust}: {outstanding} outstanding, {overdue} past {hours:g} h")
-    return 5 if overdue else 0
+    clinical = _reconcile_clinical(args.trust, settings, first, last, policy)
+    return 5 if overdue or clinical else 0
+
+
+def _reconcile_clinical(
+    trust: str, settings: Settings, first: date, last: date, policy: ExportPolicy
+) -> int:
+    """Clinical records staged on ``first..last``: staged = exported + pending (+ withdrawn
+    before export), printed; the number of problems (discrepancies, overdue records)."""
+    from consumers.clinical.counts import count
+    from smartbox.s3 import S3Store
+
+    since = datetime.combine(first, datetime.min.time(), UTC).timestamp()
+    until = datetime.combine(last + timedelta(days=1), datetime.min.time(), UTC).timestamp()
+    max_age = policy.outstanding_max_age_seconds
+    store = S3Store(settings.s3)
+    try:
+        c = count(
+            store,
+            settings.staging_bucket,
+            trust,
+            since=since,
+            until=until,
+            max_age_seconds=max_age,
+            check=True,
+        )
+    except TransientError:
+        if store.ping():
+            return 0  # no staging bucket: nothing staged
+        raise
+    if not (c.staged or c.rows):
+        return 0
+    print(
+        f"{trust}: clinical records: {c.staged} staged = {c.exported} exported + {c.pending} "
+        f"pending + {c.withdrawn_before_export} withdrawn before export; "
+        f"{c.acknowledged} acknowledged, {c.in_flight} in flight, {c.failed} failed, "
+        f"{c.overdue} past {max_age / 3600:g} h; rows {c.accepted} accepted, "
+        f"{c.held_back} held back at submission"
+    )
+    for line in c.problems:
+        print(f"DISCREPANCY {line}")
+    return len(c.problems) + c.overdue
 
 
 def withdraw_command(args: argparse.Namespace, settings: Settings) -> int:

@@ -156,4 +156,7 @@ def init_series(role: str, settings: Settings, *, trust: str | None = None) -> N
         from consumers.deid.reasons import Reason
 
         labelled = {metrics.INSTANCES_HELD_BACK: sorted({r.label for r in Reason})}
+    elif role == "export":
+        # the national side names its own reasons; ours (no receipt in time) exists from start
+        labelled = {metrics.CLINICAL_REJECTED: ["no_receipt"]}
     metrics.init_series(role, trusts, labelled)

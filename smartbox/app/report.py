@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from consumers.clinical.counts import ClinicalCounts
 from smartbox.errors import ConfigError
 from smartbox.report_records import Profile, Records, read_records
 
@@ -78,6 +79,7 @@ class TrustReport:
     set_aside: int  # rejected nationally max_attempts times: surfaced, not re-sent
     withdrawn: int
     skipped_records: int
+    clinical: ClinicalCounts | None = None  # submitted and staged in the period
 
 
 def parse_day(text: str, what: str) -> date:
@@ -204,7 +206,14 @@ def build_report(
     records = read_records(
         store, quarantine=quarantine_bucket, staging=staging_bucket, code=code, tz=tz
     )
-    if trust is None and not (records.received or records.staged or records.exports):
+    from consumers.clinical.counts import count
+
+    since = datetime.combine(start, datetime.min.time(), tz).timestamp()
+    until = datetime.combine(end + timedelta(days=1), datetime.min.time(), tz).timestamp()
+    clinical = count(store, staging_bucket, code, since=since, until=until)
+    if trust is None and not (
+        records.received or records.staged or records.exports or clinical.rows or clinical.staged
+    ):
         raise ConfigError(f"unknown trust {code}: no trust file and no records in storage")
     days, totals = summarise(records, start, end)
     profiles = Counter(s.profile for s in records.staged if s.profile and _in(s.day, start, end))
@@ -229,7 +238,8 @@ def build_report(
         awaiting_acknowledgement=states["sent"],
         set_aside=states["failed"],
         withdrawn=states["withdrawn"],
-        skipped_records=records.skipped,
+        skipped_records=records.skipped + clinical.skipped,
+        clinical=clinical,
     )
 
 

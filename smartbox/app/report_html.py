@@ -278,6 +278,45 @@ def _attributes_section(report: TrustReport) -> str:
     return "".join(out)
 
 
+def _clinical_section(report: TrustReport) -> str:
+    """Clinical records of the period: rows the trust submitted, accepted and held back (by
+    reason), and the record versions staged, exported and acknowledged."""
+    c = report.clinical
+    if c is None or not (c.rows or c.staged):
+        return ""
+    rows = [
+        ("Rows submitted", c.rows),
+        ("Rows accepted", c.accepted),
+        ("Rows held back", c.held_back),
+        ("Records staged", c.staged),
+        ("Records exported", c.exported),
+        ("Records acknowledged", c.acknowledged),
+        ("Records awaiting export", c.pending),
+        ("Records set aside after repeated national rejection", c.failed),
+        ("Records withdrawn", c.withdrawn),
+    ]
+    body = "".join(
+        f'<tr><td>{escape(label)}</td><td class="n">{_n(n)}</td></tr>' for label, n in rows
+    )
+    reasons = "".join(
+        f'<tr><td>{escape(r)}</td><td class="n">{_n(n)}</td></tr>'
+        for r, n in sorted(c.held_back_reasons.items(), key=lambda rn: (-rn[1], rn[0]))
+    )
+    return (
+        "<h2>Clinical records</h2>"
+        "<p>Clinical data the trust submitted for the national database (swab results, "
+        "admission, outcome), pseudonymised like the images. A row that fails a check is held "
+        "back and never leaves the box; an unchanged row submitted again is not staged twice.</p>"
+        f'<table id="clinical"><tbody>{body}</tbody></table>'
+        + (
+            '<table id="clinical-reasons"><thead><tr><th>Held back because</th>'
+            f'<th class="n">Rows</th></tr></thead><tbody>{reasons}</tbody></table>'
+            if reasons
+            else ""
+        )
+    )
+
+
 def render(report: TrustReport) -> str:
     """The whole page."""
     t = report.totals
@@ -354,6 +393,7 @@ def render(report: TrustReport) -> str:
             if reasons
             else ""
         ),
+        _clinical_section(report),
         "<h2>De-identification applied</h2>",
         _profile_section(report),
         "<h2>Attributes removed or replaced</h2>",
@@ -365,7 +405,9 @@ def render(report: TrustReport) -> str:
         "acknowledged: when the national side accepted it). A manifest's day is the day it was "
         "written. Received counts for days whose identifiable originals have passed retention "
         "come from the study manifests. A study counts once per day and once in the period "
-        "(an amendment is the same study). "
+        "(an amendment is the same study). Clinical records: from each submission's report "
+        "(rows accepted and held back, on the day it was staged) and each record version's "
+        "export state (staged, exported, acknowledged). "
         f"Unreadable records skipped: {_n(report.skipped_records)}.</p>",
         "</main></body></html>",
     ]

@@ -14,6 +14,8 @@ exported, acked,    at a time (``ExportState.day_records``)        study version
 failed              and the day's archive                          and per archive day
 in de-id            received in the window, no exporter record     one GET per such batch
 pending, in flight  the exporter's queue and sent markers (now)    LIST of the markers only
+clinical records    submission reports and export states           LIST, one GET per report
+                    (``consumers.clinical.counts``)                and per record version
 queues              RabbitMQ passive declares (depth, consumers)   one per queue
 ==================  =============================================  ============================
 
@@ -35,6 +37,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from consumers.clinical.counts import ClinicalCounts
 from smartbox.errors import ConfigError, NotFound, PermanentError, TransientError
 from smartbox.report_records import Records, read_received
 from smartbox.store import ObjectStore, get_json
@@ -68,6 +71,8 @@ class TrustStatus:
     last_batch_any: str | None = None  # newest quarantine batch manifest, probes included
     probe_studies: int = 0  # smartbox probe studies in the window: in none of the counts
     skipped: int = 0  # records present but unreadable
+    # submitted and staged in the window (consumers.clinical.counts); None: not read
+    clinical: ClinicalCounts | None = None
 
 
 @dataclass
@@ -168,12 +173,23 @@ def trust_status(
             raise
         # the staging bucket does not exist yet: nothing was staged
         out.in_deid = len(received)
+    try:
+        out.clinical = clinical_counts(store, staging, code, since=since)
+    except TransientError:
+        if not store.ping():
+            raise
     real = [r for r in received if r.batch_id not in probes]
     out.probe_studies = len(probes)
     out.received_studies = len(real)
     out.received_instances = sum(r.instances for r in real)
     out.last_seen = _iso(max((r.at for r in real), default=None))
     return out
+
+
+def clinical_counts(store: ObjectStore, staging: str, code: str, *, since: float) -> ClinicalCounts:
+    from consumers.clinical.counts import count
+
+    return count(store, staging, code, since=since)
 
 
 def _iso(ts: float | None) -> str | None:
@@ -358,6 +374,44 @@ def _table(rows: list[list[str]]) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
 
 
+_CLINICAL: tuple[tuple[str, Callable[[ClinicalCounts], object]], ...] = (
+    ("TRUST", lambda c: c.trust),
+    ("ACCEPTED", lambda c: c.accepted),
+    ("HELD-BACK", lambda c: c.held_back),
+    ("STAGED", lambda c: c.staged),
+    ("EXPORTED", lambda c: c.exported),
+    ("ACKED", lambda c: c.acknowledged),
+    ("PENDING", lambda c: c.pending),
+    ("IN-FLIGHT", lambda c: c.in_flight),
+    ("FAILED", lambda c: c.failed),
+    ("WITHDRAWN", lambda c: c.withdrawn),
+)
+
+
+def _clinical_lines(status: Status) -> list[str]:
+    """The clinical records table, when some trust has any in the window."""
+    counts = [
+        t.clinical for t in status.trusts if t.clinical and (t.clinical.rows or t.clinical.staged)
+    ]
+    if not counts:
+        return []
+    lines = [
+        "",
+        "clinical records in the window: rows ACCEPTED and HELD-BACK by clinical submit; record "
+        "versions STAGED, of those EXPORTED (sent in a batch), ACKED, PENDING (waiting for a "
+        "first batch), IN-FLIGHT, FAILED, WITHDRAWN",
+        "",
+    ]
+    rows = [[name for name, _ in _CLINICAL]]
+    rows += [[str(fn(c)) for _, fn in _CLINICAL] for c in counts]
+    lines += _table(rows)
+    for c in counts:
+        if c.held_back_reasons:
+            reasons = ", ".join(f"{r} {n}" for r, n in c.held_back_reasons.items())
+            lines.append(f"{c.trust}: clinical rows held back: {reasons}")
+    return lines
+
+
 def render(status: Status) -> str:
     """The text an operator reads (``--json`` for machines)."""
     start, end = status.window
@@ -376,6 +430,7 @@ def render(status: Status) -> str:
         lines.append("* no trust file here: known from the exporter's records only")
     if any(t.skipped for t in status.trusts):
         lines.append(f"unreadable records skipped: {sum(t.skipped for t in status.trusts)}")
+    lines += _clinical_lines(status)
     lines.append("")
     if status.queues is None:
         lines.append(f"queues: {status.broker_error}")

@@ -22,7 +22,7 @@ from helpers.receiver_e2e import (
     storescu_outcomes,
     wait_dicom_port,
 )
-from helpers.util import wait_for
+from helpers.util import missing, wait_for
 
 from smartbox.synthetic import make_ct_study
 
@@ -149,7 +149,7 @@ def test_spool_high_water_mark_refuses_with_a700_and_loses_nothing(
 @pytest.fixture(scope="module")
 def dedicated_rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DedicatedRabbitMQ]:
     if not rabbitmq_server_available():
-        pytest.skip(IN_CI_MISSING)
+        missing(IN_CI_MISSING)
     broker = DedicatedRabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
     broker.start()
     try:

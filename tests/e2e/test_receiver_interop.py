@@ -10,7 +10,6 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-import pytest
 from helpers.pipeline import Pipeline
 from helpers.receiver_e2e import (
     Arrivals,
@@ -21,6 +20,7 @@ from helpers.receiver_e2e import (
 )
 from helpers.receiver_env import dataset_bytes, send_files
 from helpers.receiver_orthanc import Orthanc, orthanc_available
+from helpers.util import missing
 from pydicom.data import get_testdata_file
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -115,8 +115,9 @@ def test_pynetdicom_sender_bytes_arrive_unchanged(pipeline: Pipeline, tmp_path: 
     assert len(arrivals.messages("RTK")) == 4  # the CT study and three single-instance studies
 
 
-@pytest.mark.skipif(not orthanc_available(), reason="Orthanc is not installed")
 def test_orthanc_pushes_a_study_through_its_rest_api(pipeline: Pipeline, tmp_path: Path) -> None:
+    if not orthanc_available():
+        missing("Orthanc is not installed (Debian: apt-get install orthanc)")
     p = pipeline
     start_receiver(p)
     study = make_ct_study(320, series=3, per_series=5)

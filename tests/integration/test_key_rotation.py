@@ -179,6 +179,68 @@ def test_a_withdrawal_follows_the_patient_through_a_rotation(tmp_path: Path) -> 
     assert message["body"]["held_back_reasons"] == {"withdrawn": 2}
 
 
+@pytest.mark.timeout(240)
+def test_patient_links_by_the_old_or_the_new_pseudonym_give_both_keys_records(
+    tmp_path: Path,
+) -> None:
+    """A patient with a study and a clinical record under k1, then (after rotate-key) another
+    of each under k2: looked up nationally by either pseudonym, both studies and both records,
+    each with the pseudonym it is archived under."""
+    from helpers.clinical import identified, write_csv
+
+    from consumers.clinical.national import patient_links
+    from consumers.clinical.stage import ClinicalStage
+    from consumers.clinical.submit import prepare, publish
+
+    box = Box(tmp_path)
+    stage = ClinicalStage(box.store)
+
+    def submit(key: RegionalKey, name: str, **fields: str) -> str:
+        path = write_csv(tmp_path / f"{name}.csv", [identified(NHS, **fields)])
+        sub = prepare(path, box.trust, key, PolicyBuilder(), date(2026, 12, 1))
+        publish(box.bus, box.code, sub)
+        box.rig.deliver("clinical", stage.handle)
+        return str(sub.records[0].record["record_id"])
+
+    box.send(make_ct_study(41, series=1, per_series=2, nhs_number=NHS))
+    box.process(box.anonymiser(K1))
+    old_record = submit(K1, "before")
+    box.rig.window()
+    [(old_uid, old_manifest)] = box.archived_studies().items()
+    old_patient = old_manifest["instances"][0]["patient"]
+    assert patient_links(box.national, ARCHIVE, old_patient)["clinical"].keys() == {old_record}
+
+    rotate(box.index, box.store, "staging", K2, PolicyBuilder())
+    box.send(make_ct_study(42, series=1, per_series=2, nhs_number=NHS))
+    box.process(box.anonymiser(K2))
+    new_record = submit(K2, "after", swab_2_date="2020-04-09", swab_2_result="negative")
+    box.rig.window()
+    [(new_uid, new_manifest)] = [(u, m) for u, m in box.archived_studies().items() if u != old_uid]
+    new_patient = new_manifest["instances"][0]["patient"]
+    assert new_patient != old_patient
+    assert national_links.resolve(box.national, ARCHIVE, "patient", old_patient)[0] == new_patient
+
+    by_old = patient_links(box.national, ARCHIVE, old_patient)
+    by_new = patient_links(box.national, ARCHIVE, new_patient)
+    assert by_old == by_new
+    assert by_new["patient"] == new_patient
+    assert by_new["pseudonyms"] == [new_patient, old_patient]
+    assert by_new["studies"] == sorted([old_uid, new_uid])
+    assert by_new["by_pseudonym"] == {
+        old_patient: {"studies": [old_uid], "clinical": [old_record]},
+        new_patient: {"studies": [new_uid], "clinical": [new_record]},
+    }
+    records = by_new["clinical"]
+    assert records.keys() == {old_record, new_record}
+    assert records[old_record]["patient"] == old_patient  # each says whose it is
+    assert records[new_record]["patient"] == new_patient
+    # another patient's pseudonym is not pulled in
+    box.send(make_ct_study(43, series=1, per_series=2, nhs_number=OTHER_NHS))
+    box.process(box.anonymiser(K2))
+    box.rig.window()
+    assert patient_links(box.national, ARCHIVE, new_patient) == by_new
+
+
 def test_a_tampered_rotation_map_is_rejected_and_sent_again(tmp_path: Path) -> None:
     box = Box(tmp_path)
     box.send(make_ct_study(31, series=1, per_series=2, nhs_number=NHS))

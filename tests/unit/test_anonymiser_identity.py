@@ -121,7 +121,7 @@ def test_manifest_records_cleared_overlay_bits(tmp_path: Path) -> None:
 def test_smartbox_deidentify_applies_the_same_study_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from consumers.deid.cli import main
+    from smartbox.app.deidentify_cli import main
 
     monkeypatch.setenv("SMARTBOX_PSEUDONYM_KEY", KEY.secret.decode())
     monkeypatch.delenv("SMARTBOX_PSEUDONYM_KEY_FILE", raising=False)

@@ -315,9 +315,11 @@ def test_records_travel_with_the_images_and_are_linked_by_pseudonym(tmp_path: Pa
     rig.window()
     [batch] = rig.batches
     assert batch["body"]["study_count"] == 1 and len(batch["body"]["clinical"]) == 1
+    assert batch["version"] == 3  # export.batch v3: it carries clinical records
     manifest = json.loads(rig.national.get_bytes("national", batch["body"]["manifest_key"]))
     assert manifest["version"] == 2 and manifest["clinical"][0]["patient"] == patient
     [receipt] = rig.receipts
+    assert receipt["version"] == 3
     assert receipt["body"]["clinical"] == [
         {"export_id": manifest["clinical"][0]["export_id"], "status": "accepted"}
     ]
@@ -345,6 +347,15 @@ def test_a_batch_of_images_alone_is_still_v1_with_the_same_id(tmp_path: Path) ->
     manifest = json.loads(rig.national.get_bytes("national", batch["body"]["manifest_key"]))
     assert manifest["version"] == 1 and "clinical" not in manifest
     assert "clinical" not in batch["body"]
+    # the messages too: export.batch v2 as before clinical intake, answered by a v2 receipt
+    # which the exporter acts on (the study acknowledged)
+    [receipt] = rig.receipts
+    assert (batch["version"], receipt["version"]) == (2, 2)
+    [record] = [
+        json.loads(rig.store.get_bytes("staging", k))
+        for k in rig.store.list_keys("staging", "_export/studies/RCL/")
+    ]
+    assert record["state"] == "acked"
     schemas.validate_document("national.batch", manifest, 1)
 
 
@@ -446,3 +457,46 @@ def test_a_withdrawal_removes_exported_records_nationally_and_unexported_ones_lo
     assert len(staged) == 1  # the exported version's staged copy (kept, as studies' are)
     rig.window()  # nothing more to send
     assert rig.batches[-1] is batch
+
+
+def test_patient_links_follow_a_chain_of_rotations_both_ways(tmp_path: Path) -> None:
+    """A -> B -> C (two rotations) and D -> C (two old pseudonyms merged): any of them gives
+    the records of all four, each under its own pseudonym; an unrelated one stays apart."""
+    from smartbox.store import put_json
+
+    store = LocalStore(tmp_path / "n")
+    store.ensure_bucket("archive")
+    for old, new in (("a" * 32, "b" * 32), ("b" * 32, "c" * 32), ("d" * 32, "c" * 32)):
+        put_json(store, "archive", layout.national_link_key("patient", old), {"to": new})
+        store.put_bytes("archive", layout.national_link_reverse_key("patient", new, old), b"")
+    for name in ("a", "b", "c", "d", "e"):
+        pseudonym = name * 32
+        store.put_bytes(
+            "archive", layout.national_patient_study_key(pseudonym, f"2.25.{ord(name)}"), b""
+        )
+    answers = [national.patient_links(store, "archive", n * 32) for n in "abcd"]
+    assert all(a == answers[0] for a in answers)
+    assert answers[0]["patient"] == "c" * 32
+    assert answers[0]["pseudonyms"] == ["c" * 32, "b" * 32, "d" * 32, "a" * 32]
+    assert answers[0]["by_pseudonym"]["a" * 32] == {"studies": ["2.25.97"], "clinical": []}
+    assert len(answers[0]["studies"]) == 4
+    assert national.patient_links(store, "archive", "e" * 32)["pseudonyms"] == ["e" * 32]
+
+
+def test_patient_links_without_reverse_markers_still_follow_the_old_pseudonym(
+    tmp_path: Path,
+) -> None:
+    """A link applied before reverse markers existed: from the old pseudonym, both."""
+    from smartbox.store import put_json
+
+    store = LocalStore(tmp_path / "n")
+    store.ensure_bucket("archive")
+    old, new = "a" * 32, "b" * 32
+    put_json(store, "archive", layout.national_link_key("patient", old), {"to": new})
+    for name in (old, new):
+        store.put_bytes(
+            "archive", layout.national_patient_study_key(name, f"2.25.{ord(name[0])}"), b""
+        )
+    by_old = national.patient_links(store, "archive", old)
+    assert by_old["pseudonyms"] == [new, old] and by_old["studies"] == ["2.25.97", "2.25.98"]
+    assert national.patient_links(store, "archive", new)["pseudonyms"] == [new]

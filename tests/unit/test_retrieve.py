@@ -59,6 +59,8 @@ def test_valid_rows_and_every_bad_field_reported_by_row_without_values() -> None
     }
     messages = "\n".join(str(e) for e in parsed.errors)
     assert "cohort.csv: row 3: field 'nhs_number'" in messages
+    assert "row 5: field 'date_from': not a real date" in messages  # given, but 2020-13-01
+    assert "2020-13-01" not in messages
     assert BAD_NHS not in messages and "LOCAL*4" not in messages
     assert NHS not in repr(parsed.rows)
 
@@ -195,7 +197,7 @@ def test_defaults_off_peak_gentle_chest(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "key"),
     [
-        ('port = 104\nmethod = "C-GET"', "retrieve.archives[0].method"),
+        ('port = 104\nmethod = "C-STORE"', "retrieve.archives[0].method"),
         ('port = 104\nwindow_start = "every night"', "retrieve.archives[0].window_start"),
         ('port = 104\ntimezone = "Mars/Olympus"', "retrieve.archives[0].timezone"),
         ("port = 104\ninstances_per_second = 0", "retrieve.archives[0].instances_per_second"),

@@ -142,3 +142,77 @@ def test_a_held_back_detail_in_a_study_manifest_is_a_token_never_text() -> None:
     manifest["held_back"][0]["detail"] = "Invalid value for VR PN: 'SMITH^JOHN'"
     with pytest.raises(SchemaError):
         schemas.validate_document("staging.study", manifest)
+
+
+# --- export.batch / export.receipt: v3 adds the clinical records, v2 stays as it was ---------
+def _batch_body(**extra: object) -> dict:
+    return {
+        "batch_id": "c" * 32,
+        "bucket": "national",
+        "manifest_key": "_batches/RTK/" + "c" * 32 + ".json",
+        "manifest_sha256": "d" * 64,
+        "signature": "e" * 128,
+        "key_id": "f" * 16,
+        "study_count": 1,
+        "instance_count": 2,
+        "bytes": 100,
+        "studies": [
+            {
+                "export_id": "a" * 32,
+                "study_uid": "2.25.1234567890",
+                "instance_count": 2,
+                "attempt": 1,
+            }
+        ],
+        "withdrawals": [],
+        **extra,
+    }
+
+
+def _receipt_body(**extra: object) -> dict:
+    return {
+        "batch_id": "c" * 32,
+        "status": "accepted",
+        "studies": [{"export_id": "a" * 32, "study_uid": "2.25.1234567890", "status": "accepted"}],
+        "withdrawals": [],
+        "instances_expected": 2,
+        "instances_verified": 2,
+        "checksum_failures": 0,
+        "missing": 0,
+        "stored_bucket": "archive",
+        **extra,
+    }
+
+
+CLINICAL = {"clinical": [{"export_id": "b" * 32, "record_id": "9" * 32}]}
+CLINICAL_WITHDRAWALS = {"clinical_withdrawals": [{"export_id": "8" * 32}]}
+
+
+@pytest.mark.parametrize("name", ["export.batch", "export.receipt"])
+def test_clinical_fields_need_v3_and_v2_is_the_contract_it_was(name: str) -> None:
+    body = _batch_body if name == "export.batch" else _receipt_body
+    accepted = [{"export_id": "b" * 32, "status": "accepted"}]
+    applied = [{"export_id": "8" * 32, "status": "applied"}]
+    clinical = (
+        {**CLINICAL, **CLINICAL_WITHDRAWALS}
+        if name == "export.batch"
+        else {"clinical": accepted, "clinical_withdrawals": applied}
+    )
+    assert schemas.SCHEMAS[name] == 3 and 2 in schemas.SUPERSEDED[name]
+    images = schemas.make_message(
+        name, trust="RTK", producer="exporter@box1", body=body(), version=2
+    )
+    schemas.validate(images)  # images alone: v2
+    assert images["version"] == 2
+    with_clinical = schemas.make_message(
+        name, trust="RTK", producer="exporter@box1", body=body(**clinical)
+    )
+    assert with_clinical["version"] == 3
+    schemas.validate(with_clinical)
+    schemas.validate({**with_clinical, "version": 3, "body": body()})  # v3 without them too
+    for field, value in clinical.items():  # v2 refuses what v3 added
+        old = {**with_clinical, "version": 2, "body": body(**{field: value})}
+        with pytest.raises(SchemaError, match=f"{name} v2"):
+            schemas.validate(old)
+    with pytest.raises(SchemaError, match="no schema for version 4"):
+        schemas.make_message(name, trust="RTK", producer="exporter@box1", body=body(), version=4)

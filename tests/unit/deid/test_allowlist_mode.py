@@ -9,6 +9,7 @@ import pydicom
 import pytest
 from conftest import KEY, ct_dataset, planted_dataset, to_bytes
 from corpus import bundled_bytes
+from helpers.util import missing
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from test_validity import DCIODVFY, _errors
@@ -63,7 +64,7 @@ def test_an_iod_without_a_list_is_held_back() -> None:
 @pytest.mark.parametrize("name", ["synth", "CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm"])
 def test_allow_list_output_stays_valid(name: str, tmp_path) -> None:
     if DCIODVFY is None:
-        pytest.skip("dciodvfy (dicom3tools) not installed")
+        missing("dciodvfy (dicom3tools) not installed")
     raw = to_bytes(ct_dataset()) if name == "synth" else bundled_bytes(name)
     if raw is None:
         pytest.skip(f"{name} not bundled with this pydicom")

@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import KEY, ct_dataset, planted_dataset, to_bytes, write_trust
 
-from consumers.deid.cli import main
+from smartbox.app.deidentify_cli import main
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from consumers.deid import Deidentifier, DeidPolicy, InflateLimits
-from consumers.deid.cli import policy_for
 from consumers.deid.inflate import DecompressionLimit, inflate
+from smartbox.app.deidentify_cli import policy_for
 from smartbox.errors import ConfigError
 
 MIB = 1 << 20

@@ -14,6 +14,7 @@ import pydicom
 import pytest
 from conftest import ct_dataset, planted_dataset, to_bytes
 from corpus import BUNDLED, bundled_bytes
+from helpers.util import missing
 
 from consumers.deid import Deidentifier
 
@@ -52,7 +53,7 @@ def test_dciodvfy_no_new_errors(name: str, raw: bytes, deid: Deidentifier, tmp_p
     if DCIODVFY is None:
         if os.environ.get("CI") == "true":
             pytest.fail("dciodvfy (dicom3tools) is required in CI")
-        pytest.skip("dciodvfy (dicom3tools) not installed: apt-get install dicom3tools")
+        missing("dciodvfy (dicom3tools) not installed: apt-get install dicom3tools")
     result = deid.process(raw)
     assert result.ok, result.reason
     src, out = tmp_path / "in.dcm", tmp_path / "out.dcm"
@@ -97,7 +98,7 @@ def test_dciodvfy_no_new_errors_after_masking(tmp_path) -> None:
     if DCIODVFY is None:
         if os.environ.get("CI") == "true":
             pytest.fail("dciodvfy (dicom3tools) is required in CI")
-        pytest.skip("dciodvfy (dicom3tools) not installed: apt-get install dicom3tools")
+        missing("dciodvfy (dicom3tools) not installed: apt-get install dicom3tools")
     from conftest import KEY
     from test_masking import rule, us_dataset
 

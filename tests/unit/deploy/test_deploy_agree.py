@@ -96,9 +96,33 @@ def test_systemd_examples_and_file_sd_cover_every_trust_with_its_port() -> None:
     assert {sc["labels"]["trust"] for sc in job["static_configs"]} == set(trusts())
 
 
+def test_cohort_processes_cover_every_trust_in_systemd_file_sd_and_prometheus() -> None:
+    """One cohort process per trust, as the receivers: an env example with its port, a file_sd
+    target with the trust's label, a static target in the compose scrape config."""
+    examples = {
+        p.name.removeprefix("cohort-").removesuffix(".env.example"): p
+        for p in SYSTEMD.glob("cohort-*.env.example")
+    }
+    assert set(examples) == set(trusts())
+    ports = {code: env_file(p)["SMARTBOX_METRICS_PORT"] for code, p in examples.items()}
+    discovered = {
+        g["labels"]["trust"]: t.rsplit(":", 1)[1]
+        for g in _sd_targets("cohort")
+        for t in g["targets"]
+    }
+    assert discovered == ports
+    for name in ("prometheus.yml", "prometheus-file-sd.yml"):
+        jobs = {j["job_name"]: j for j in load(DEPLOY / "prometheus" / name)["scrape_configs"]}
+        assert jobs["smartbox-cohort"]["honor_labels"] is True, name  # the trust label kept
+        assert "smartbox-clinical" in jobs, name
+    static = load(DEPLOY / "prometheus" / "prometheus.yml")["scrape_configs"]
+    [job] = [j for j in static if j["job_name"] == "smartbox-cohort"]
+    assert {sc["labels"]["trust"] for sc in job["static_configs"]} == set(trusts())
+
+
 def test_one_metrics_port_per_process_on_a_systemd_host() -> None:
     ports: dict[str, str] = {}
-    for example in sorted(SYSTEMD.glob("*-*.env.example")):  # receivers and anonymisers
+    for example in sorted(SYSTEMD.glob("*-*.env.example")):  # receivers, anonymisers, cohorts
         ports[example.name] = env_file(example)["SMARTBOX_METRICS_PORT"]
     for unit in ("exporter", "ingest", "probe", "clinical"):
         text = (SYSTEMD / f"smartbox-{unit}.service").read_text()
@@ -109,7 +133,7 @@ def test_one_metrics_port_per_process_on_a_systemd_host() -> None:
     assert len(set(ports.values())) == len(ports), ports
     discovered = sorted(
         t.rsplit(":", 1)[1]
-        for name in ("receiver", "anonymiser", "exporter", "ingest", "probe", "clinical")
+        for name in ("receiver", "anonymiser", "exporter", "ingest", "probe", "clinical", "cohort")
         for g in _sd_targets(name)
         for t in g["targets"]
     )

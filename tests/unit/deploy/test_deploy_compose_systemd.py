@@ -13,12 +13,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers.util import missing
 
 ROOT = Path(__file__).resolve().parents[3]
 COMPOSE = ROOT / "deploy" / "compose"
 SYSTEMD = ROOT / "deploy" / "systemd"
 PROM_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
-SUBCOMMANDS = {"receive", "anonymise", "export", "ingest", "probe"}
+SUBCOMMANDS = {"receive", "anonymise", "export", "ingest", "probe", "cohort", "clinical"}
 
 
 def _yaml():  # type: ignore[no-untyped-def]
@@ -34,6 +35,17 @@ def test_compose_services_and_mounts() -> None:
     assert {s["command"][0] for s in smartbox.values()} == SUBCOMMANDS
     trusts = {p.stem for p in (ROOT / "trusts").glob("*.toml")}
     assert {s["command"][2] for s in smartbox.values() if s["command"][0] == "receive"} == trusts
+    cohorts = {s["command"][3]: s for s in smartbox.values() if s["command"][0] == "cohort"}
+    assert set(cohorts) == trusts  # every example trust has a [retrieve] table
+    receivers = {s["command"][2]: s for s in smartbox.values() if s["command"][0] == "receive"}
+    for code, svc in cohorts.items():  # the receiver's ledger: the same spool volume
+        assert svc["command"][:4] == ["cohort", "run", "--trust", code]
+        [spool] = [v for v in receivers[code]["volumes"] if v.endswith(":/var/lib/smartbox/spool")]
+        assert spool in svc["volumes"], code
+        [state] = [v for v in svc["volumes"] if v.endswith(":/var/lib/smartbox/state")]
+        assert state.split(":")[0] in doc["volumes"], code
+    [clinical] = [s for s in smartbox.values() if s["command"][0] == "clinical"]
+    assert clinical["command"][:2] == ["clinical", "stage"]
     for name, svc in smartbox.items():
         assert svc["build"]["dockerfile"] == "deploy/compose/Dockerfile", name
         assert (COMPOSE / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
@@ -95,6 +107,7 @@ UNITS = {
     "smartbox-ingest.service": "ingest",
     "smartbox-probe.service": "probe --every 15m $PROBE_TRUSTS",
     "smartbox-clinical.service": "clinical stage",
+    "smartbox-cohort@.service": "cohort run --trust %i",
 }
 
 
@@ -121,9 +134,47 @@ def test_receiver_spool_is_writable_and_per_trust() -> None:
     assert "/etc/smartbox/receiver-%i.env" in unit["EnvironmentFile"]
 
 
+def test_cohort_unit_reads_its_receiver_s_ledger_and_keeps_its_own_database() -> None:
+    """Per trust: the receiver's spool as the receiver's unit sets it (the ledger), a state
+    directory of its own (the identifiable cohort database), a required per-trust env file
+    (its metrics port), and no restart loop on a trust-file mistake (exit 2)."""
+    from smartbox.settings import Settings
+
+    unit = _unit(SYSTEMD / "smartbox-cohort@.service")
+    receiver = _unit(SYSTEMD / "smartbox-receiver@.service")
+    env = dict(v.split("=", 1) for v in unit["Environment"])
+    spool = dict(v.split("=", 1) for v in receiver["Environment"])["SMARTBOX_SPOOL_DIR"]
+    assert env["SMARTBOX_SPOOL_DIR"] == spool
+    assert env["SMARTBOX_STATE_DIR"] == "/var/lib/smartbox/cohort"
+    assert set(unit["ReadWritePaths"]) == {"/var/lib/smartbox/cohort", spool}
+    assert "/etc/smartbox/cohort-%i.env" in unit["EnvironmentFile"]  # no '-': required
+    assert "SMARTBOX_METRICS_PORT" not in env  # a shared default would collide
+    assert unit["RestartPreventExitStatus"] == ["2"]
+    assert "smartbox-receiver@%i.service" in unit["After"][0]
+    # where the cohort process looks for the ledger is where the receiver keeps it
+    settings = Settings.from_env({"SMARTBOX_SPOOL_DIR": spool.replace("%i", "RGT")})
+    assert str(settings.spool_dir / "RGT") == "/var/lib/smartbox/spool/RGT/RGT"
+
+
+def test_cohort_run_takes_its_metrics_port_and_address_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The unit and the compose service set SMARTBOX_METRICS_PORT/HOST, as for every daemon."""
+    from smartbox.app.cli import build_parser
+
+    monkeypatch.setenv("SMARTBOX_METRICS_PORT", "9131")
+    monkeypatch.setenv("SMARTBOX_METRICS_HOST", "0.0.0.0")  # noqa: S104 - a container's
+    args = build_parser().parse_args(["cohort", "run", "--trust", "RTH"])
+    assert (args.metrics_port, args.metrics_host) == (9131, "0.0.0.0")  # noqa: S104
+    monkeypatch.delenv("SMARTBOX_METRICS_PORT")
+    monkeypatch.delenv("SMARTBOX_METRICS_HOST")
+    args = build_parser().parse_args(["cohort", "run", "--trust", "RTH"])
+    assert (args.metrics_port, args.metrics_host) == (None, "127.0.0.1")
+
+
 def test_metrics_ports_match_prometheus() -> None:
     text = PROM_CONFIG.read_text()
-    for name, port in (("exporter", 9102), ("ingest", 9103), ("probe", 9104)):
+    for name, port in (("exporter", 9102), ("ingest", 9103), ("probe", 9104), ("clinical", 9105)):
         env = dict(
             v.split("=", 1) for v in _unit(SYSTEMD / f"smartbox-{name}.service")["Environment"]
         )
@@ -152,7 +203,7 @@ def test_anonymiser_instances_have_their_own_port_and_directory() -> None:
 
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     if shutil.which("systemd-analyze") is None:
-        pytest.skip("systemd-analyze not installed")
+        missing("systemd-analyze not installed (Debian: apt-get install systemd)")
     paths = []
     for name in [*UNITS, "smartbox-retention.service", "smartbox-retention.timer"]:
         text = (SYSTEMD / name).read_text().replace("/opt/smartbox/venv/bin/smartbox", "/bin/true")

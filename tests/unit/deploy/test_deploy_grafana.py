@@ -47,10 +47,26 @@ def test_dashboard_covers_the_essentials(dash: dict) -> None:
         "smartbox_studies_pending_export",
         "smartbox_last_export_success_timestamp_seconds",
         "smartbox_ingest_checksum_failures_total",
+        # cohort retrieval, per trust
+        "smartbox_retrieve_queries_total",
+        "smartbox_retrieve_studies_found_total",
+        "smartbox_retrieve_studies_retrieved_total",
+        "smartbox_retrieve_studies_failed_total",
+        "smartbox_retrieve_instances_total",
+        "smartbox_retrieve_failures_total",
+        "smartbox_retrieve_rate_limit_waits_total",
+        "smartbox_retrieve_active_cohorts",
+        # clinical records, per trust
+        "smartbox_clinical_records_accepted_total",
+        "smartbox_clinical_records_held_back_total",
+        "smartbox_clinical_records_exported_total",
     ):
         assert name in exprs, name
     per_trust = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
     assert any('trust=~"$trust"' in e for e in per_trust)
+    for e in per_trust:  # the new panels are per trust, filtered by the trust variable
+        if "smartbox_retrieve_" in e or "smartbox_clinical_" in e:
+            assert 'trust=~"$trust"' in e and "by (trust" in e, e
 
 
 def test_provisioning_files() -> None:

@@ -71,8 +71,11 @@ def test_lint_and_kubernetes_schemas() -> None:
         kubernetes_validate.validate(doc, KUBERNETES, strict=True)
     kinds = sorted(d["kind"] for d in docs)
     n = len(repo_trusts())
-    assert kinds.count("Deployment") == n + 3 and kinds.count("Service") == n
-    assert kinds.count("PersistentVolumeClaim") == n and kinds.count("ConfigMap") == 2
+    r = len([t for t in repo_trusts().values() if "retrieve" in t])  # a cohort process each
+    assert r == n  # every example trust has an archive to query
+    # receivers, cohorts, anonymiser, exporter, clinical stage, ingest
+    assert kinds.count("Deployment") == n + r + 4 and kinds.count("Service") == n
+    assert kinds.count("PersistentVolumeClaim") == n + r and kinds.count("ConfigMap") == 2
     assert kinds.count("NetworkPolicy") == 1
     assert "NetworkPolicy" not in {d["kind"] for d in render()}
 
@@ -100,6 +103,57 @@ def test_a_receiver_deployment_and_service_per_trust() -> None:
         assert svc["selector"] == spec["selector"]["matchLabels"]
         # the receiver checks the PACS's source address: the Service must not rewrite it
         assert svc["type"] == "LoadBalancer" and svc["externalTrafficPolicy"] == "Local"
+
+
+def test_a_cohort_deployment_per_trust_with_an_archive_beside_its_receiver() -> None:
+    """The cohort process reads its receiver's ledger: the receiver's spool claim, mounted
+    where the receiver has it, on the receiver's node; its own claim for the cohort database."""
+    docs = render()
+    deployments = objects(docs, "Deployment")
+    claims = objects(docs, "PersistentVolumeClaim")
+    for code in repo_trusts():
+        spec = deployments[f"smartbox-cohort-{code.lower()}"]["spec"]
+        assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+        pod = spec["template"]["spec"]
+        [c] = pod["containers"]
+        assert c["args"] == ["cohort", "run", "--trust", code]
+        receiver = deployments[f"smartbox-receiver-{code.lower()}"]["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        [receiver_spool] = [v for v in receiver["volumes"] if v["name"] == "spool"]
+        assert volumes["spool"] == receiver_spool
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        [receiver_c] = receiver["containers"]
+        assert (
+            mounts["spool"]
+            == {m["name"]: m["mountPath"] for m in receiver_c["volumeMounts"]}["spool"]
+        )
+        state_claim = volumes["state"]["persistentVolumeClaim"]["claimName"]
+        assert state_claim in claims and state_claim != receiver_spool["persistentVolumeClaim"]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["SMARTBOX_STATE_DIR"] == mounts["state"]
+        [term] = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert term["topologyKey"] == "kubernetes.io/hostname"
+        assert (
+            term["labelSelector"]["matchLabels"]
+            == (deployments[f"smartbox-receiver-{code.lower()}"]["spec"]["selector"]["matchLabels"])
+        )
+    # a trust without [retrieve], or cohort.enabled false: no cohort process
+    bare = {"name": "x", "ae_title": "SB_RZZ", "port": 11200, "allowed_callers": ["P"]}
+    assert "smartbox-cohort-rzz" not in objects(
+        render({"trusts": {"RZZ": {"file": bare}}}), "Deployment"
+    )
+    off = objects(render({"cohort": {"enabled": False}}), "Deployment")
+    assert not [n for n in off if "-cohort-" in n]
+
+
+def test_the_clinical_stage_deployment() -> None:
+    deployments = objects(render(), "Deployment")
+    [c] = deployments["smartbox-clinical"]["spec"]["template"]["spec"]["containers"]
+    assert c["args"] == ["clinical", "stage"]
+    assert {"name": "SMARTBOX_METRICS_PORT", "value": "9105"} in c["env"]
+    assert "smartbox-clinical" not in objects(
+        render({"clinical": {"enabled": False}}), "Deployment"
+    )
 
 
 def test_trust_files_in_the_configmap_are_the_repository_s() -> None:
@@ -140,9 +194,7 @@ def test_trust_file_with_tables_and_lists_of_tables_round_trips(tmp_path: Path) 
     assert tomllib.loads(cm["data"]["RZZ.toml"]) == {"code": "RZZ", **file}
     trust = load_all_trusts(tmp_path)["RZZ"]
     policy = PolicyBuilder().for_trust(trust, runnable=False)  # what the anonymiser applies
-    assert len(policy.mask_rules) == 1 and trust.allowed_networks == tuple(
-        file["allowed_networks"]
-    )
+    assert len(policy.mask_rules) == 1 and trust.allowed_networks == tuple(file["allowed_networks"])
     svc = objects(docs, "Service")["smartbox-receiver-rzz"]["spec"]
     assert svc["loadBalancerSourceRanges"] == ["10.1.0.0/16", "192.0.2.7/32"]
 

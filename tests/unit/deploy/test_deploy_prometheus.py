@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers.util import missing
 
 ROOT = Path(__file__).resolve().parents[3]
 PROM = ROOT / "deploy" / "prometheus"
@@ -108,6 +109,25 @@ def _alerts() -> list[tuple[str, str]]:
     return out
 
 
+def test_the_cohort_and_clinical_processes_have_alerts() -> None:
+    names = {name for name, _ in _alerts()}
+    assert {
+        "SmartboxCohortDown",
+        "SmartboxRetrieveFailuresRising",
+        "SmartboxRetrieveStudiesFailed",
+        "SmartboxCohortStalled",
+        "SmartboxRetrieveRateLimited",
+        "SmartboxClinicalStageDown",
+        "SmartboxClinicalHeldBackRatioHigh",
+        "SmartboxClinicalRecordsRejected",
+    } <= names
+    text = (PROM / "alerts.yml").read_text()
+    # the clinical queue's consumer and dead letters are watched like the others
+    assert "exporter|clinical|national" in text and 'queue=~"smartbox\\\\..+\\\\.dlq"' in text
+    tests = (PROM / "alerts_test.yml").read_text()
+    assert "queue: smartbox.clinical.dlq" in tests and "queue: smartbox.clinical}" in tests
+
+
 def test_every_alert_has_a_unit_test() -> None:
     tested = set(re.findall(r"alertname: (\w+)", (PROM / "alerts_test.yml").read_text()))
     missing = sorted({name for name, _ in _alerts()} - tested)
@@ -137,7 +157,7 @@ def _promtool() -> str:
     if path is None:
         if CI:
             pytest.fail("CI=true and promtool is not installed (apt-get install prometheus)")
-        pytest.skip("promtool not installed (Debian: apt-get install prometheus)")
+        missing("promtool not installed (Debian: apt-get install prometheus)")
     return path
 
 

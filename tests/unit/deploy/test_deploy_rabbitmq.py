@@ -124,10 +124,8 @@ def test_compose_users_file_has_no_plaintext_password() -> None:
 
 
 def _code_topology():  # type: ignore[no-untyped-def]
-    try:
-        from smartbox import topology
-    except Exception as exc:  # noqa: BLE001 - the module is being written concurrently
-        pytest.skip(f"smartbox.topology not importable yet: {exc}")
+    from smartbox import topology
+
     return topology
 
 

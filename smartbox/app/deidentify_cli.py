@@ -27,17 +27,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from consumers.deid.config import DeidPolicy, PseudonymKey
+from consumers.deid.deidentifier import Deidentifier
+from consumers.deid.identity import Fingerprint, outliers
+from consumers.deid.policy import PolicyBuilder
+from consumers.deid.reasons import Reason
+from consumers.deid.table import CODE_VERSION, TABLE_EDITION
 from smartbox import logs
 from smartbox.errors import ConfigError
 from smartbox.settings import environment
 from smartbox.trusts import load_trust
-
-from .config import DeidPolicy, PseudonymKey
-from .deidentifier import Deidentifier
-from .identity import Fingerprint, outliers
-from .policy import PolicyBuilder
-from .reasons import Reason
-from .table import CODE_VERSION, TABLE_EDITION
 
 
 def _parser() -> argparse.ArgumentParser:
