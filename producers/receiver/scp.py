@@ -18,11 +18,9 @@ import re
 import socket
 import ssl
 from pathlib import Path
-from typing import cast
 
 from pydicom.uid import (
     JPEG2000,
-    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -43,16 +41,12 @@ from smartbox.inflate import InflateLimitExceeded, InflateLimits
 from smartbox.keys import RegionalKey
 from smartbox.trusts import TlsConfig, TrustConfig
 
-from . import intake
+from . import dimse, intake
+from .associate import Acceptor, AssociateRequest
 from .dimse import Command
 from .intake import SpoolTempFile
 from .listener import Listener
-from .pynetdicom_compat import (
-    AllStoragePresentationContexts,
-    AssociateRequest,
-    PresentationContext,
-    build_context,
-)
+from .pynetdicom_compat import storage_sop_classes
 from .spool import Spool, SpoolFull
 from .status import (
     CANNOT_UNDERSTAND,
@@ -84,17 +78,32 @@ TRANSFER_SYNTAXES = [
     JPEG2000,
     RLELossless,
 ]
+# what Verification is accepted with (pynetdicom's default list, as before)
+VERIFICATION_SYNTAXES = [
+    ImplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+]
 _MODALITY_RE = re.compile(r"^[A-Z0-9_]{1,16}$")
 
 
-def supported_contexts() -> list[PresentationContext]:
-    """Every standard storage SOP class with our transfer syntaxes, and Verification."""
-    syntaxes: list[str | UID] = list(TRANSFER_SYNTAXES)
-    contexts = [
-        build_context(cast(UID, cx.abstract_syntax), syntaxes)
-        for cx in AllStoragePresentationContexts
-    ]
-    return [*contexts, build_context(VERIFICATION)]
+def supported_contexts() -> list[tuple[str, list[str]]]:
+    """Every standard storage SOP class with our transfer syntaxes, and Verification:
+    (abstract syntax, transfer syntaxes in order of preference)."""
+    syntaxes = [str(ts) for ts in TRANSFER_SYNTAXES]
+    contexts = [(sop_class, syntaxes) for sop_class in storage_sop_classes()]
+    return [*contexts, (VERIFICATION, [str(ts) for ts in VERIFICATION_SYNTAXES])]
+
+
+def acceptor_for(trust: TrustConfig) -> Acceptor:
+    """One trust's A-ASSOCIATE acceptor (with its negotiation cache)."""
+    return Acceptor(
+        supported_contexts(),
+        max_pdu=trust.max_pdu,
+        implementation_uid=dimse.IMPLEMENTATION_UID,
+        implementation_version=dimse.IMPLEMENTATION_VERSION,
+    )
 
 
 def limits_for(trust: TrustConfig) -> Limits:
@@ -133,7 +142,7 @@ class StoreSCP:
         self.spool = spool
         self.key = key
         self.max_pdu = trust.max_pdu
-        self.supported = supported_contexts()
+        self.acceptor = acceptor_for(trust)
         self.server: Listener | None = None
         self._study_keys: dict[str, str] = {}
         self._inflate_limits = InflateLimits(trust.max_inflated_bytes, trust.max_inflate_ratio)

@@ -5,9 +5,8 @@ Why not pynetdicom's: its DUL and association reactors poll with 1 ms sleeps, re
 4 KiB at a time, pass every PDU through several queues and decode every command set into a
 pydicom Dataset; measured, that is ~3 ms of CPU per 0.5 MB instance, twice what everything
 else costs (see bench/receiver/RESULTS.md). Here a dataset goes from the socket buffer to the
-spool file without another copy. pynetdicom still does what it does well: decoding the
-A-ASSOCIATE-RQ, encoding the A-ASSOCIATE-AC/RJ, and presentation-context and role negotiation
-(all through ``pynetdicom_compat.py``, the one module that touches its internals).
+spool file without another copy. The A-ASSOCIATE-RQ is parsed, negotiated and answered in
+``associate.py`` (with a cache per proposal set), also without pynetdicom.
 
 State machine (the acceptor's part of PS3.8 9.2): Sta2 (awaiting A-ASSOCIATE-RQ, ARTIM) ->
 A-ASSOCIATE-AC (Sta6) or -RJ (Sta13); in Sta6 P-DATA-TF carries DIMSE messages, one at a time
@@ -35,16 +34,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from . import dimse
+from .associate import APPLICATION_CONTEXT, Acceptor, AssociateRequest, encode_associate_rj
 from .dimse import Command, CommandError
 from .intake import SpoolTempFile
-from .pynetdicom_compat import (
-    APPLICATION_CONTEXT,
-    AssociateRequest,
-    PresentationContext,
-    decode_associate_rq,
-    encode_associate_ac,
-    encode_associate_rj,
-)
 from .status import (
     ABORT_INVALID_PARAMETER,
     ABORT_NOT_SPECIFIED,
@@ -105,7 +97,7 @@ class Service(Protocol):
     """What an association needs from the SCP it serves."""
 
     max_pdu: int
-    supported: list[PresentationContext]
+    acceptor: Acceptor
 
     def screen(self, request: AssociateRequest, address: str) -> Rejection | None: ...
 
@@ -264,7 +256,7 @@ class Association(threading.Thread):
         if kind != 0x01:
             raise ProtocolError(UNEXPECTED, f"PDU type {kind} before A-ASSOCIATE-RQ")
         try:
-            request = decode_associate_rq(header + bytes(body))
+            request = self.service.acceptor.parse(header + bytes(body))
         except ValueError as exc:
             raise ProtocolError(INVALID, str(exc)) from exc
         del body
@@ -293,13 +285,8 @@ class Association(threading.Thread):
     def _accept(self, request: AssociateRequest) -> None:
         self.state = "Sta6"
         self.calling_ae = request.calling_ae
-        ac, self.contexts, self.peer_max_pdu = encode_associate_ac(
-            request,
-            self.service.supported,
-            max_pdu=self.service.max_pdu,
-            implementation_uid=dimse.IMPLEMENTATION_UID,
-            implementation_version=dimse.IMPLEMENTATION_VERSION,
-        )
+        ac, self.contexts = self.service.acceptor.accept(request)
+        self.peer_max_pdu = request.proposed.max_pdu
         self._send(ac)
 
     def _next_pdu(self, limit: int) -> tuple[int, bytearray, bytes]:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from helpers.receiver_env import CALLER, local_receiver, send_files, storescu
-from helpers.receiver_pdus import associate_raw, pdv, read_pdu
+from helpers.receiver_pdus import associate_raw, associate_rq, pdv, read_pdu
 from helpers.util import wait_for
 from pydicom.data import get_testdata_file
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
@@ -116,3 +116,58 @@ def test_echo_and_the_association_limit(tmp_path: Path, dcmtk: dict[str, str]) -
         wait_for(lambda: r.service.scp.active_associations() == 0, 10, "the held one released")
         assert storescu(r.host, r.port, r.trust.ae_title, [CT]).returncode == 0
         assert r.metric("smartbox_instances_received_total") == 1
+
+
+def _items(*items: tuple[int, bytes]) -> bytes:
+    return b"".join(struct.pack(">BxH", kind, len(value)) + value for kind, value in items)
+
+
+def test_malformed_associate_requests_are_aborted_and_harm_no_other_association(
+    tmp_path: Path, dcmtk: dict[str, str]
+) -> None:
+    good = associate_rq("SMARTBOX")
+    fixed, variable = good[6:74], good[74:]
+    context = b"\x01\x00\x00\x00" + _items((0x30, b"1.2.840.10008.5.1.4.1.1.2"))
+    malformed = [
+        variable[: len(variable) // 2],  # an item cut short
+        variable + b"\x20\x00\xff\xf0\x01\x00\x00\x00",  # a length beyond the PDU
+        variable + _items((0x77, b"")),  # an item type that does not exist
+        _items((0x10, b"1.2.840.10008.3.1.1.1"), (0x20, context)),  # no transfer syntax
+        _items((0x10, b"1.2.840.10008.3.1.1.1"), (0x50, _items((0x51, b"\x00\x40")))),
+    ]
+    with local_receiver(tmp_path) as r:
+        fixed = fixed[:4] + r.trust.ae_title.encode().ljust(16) + fixed[20:]
+        ae = AE(ae_title=CALLER)
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        held = ae.associate(r.host, r.port, ae_title=r.trust.ae_title)
+        try:
+            assert held.is_established
+            for items in malformed:
+                with socket.create_connection((r.host, r.port), 10) as sock:
+                    sock.sendall(struct.pack(">BxI", 0x01, 68 + len(items)) + fixed + items)
+                    kind, body = read_pdu(sock)
+                    assert kind == 0x07 and body[2:] == b"\x02\x06"  # provider: invalid parameter
+            # the association that was there all along still stores
+            assert held.send_c_store(CT).Status == 0x0000
+        finally:
+            held.release()
+            ae.shutdown()
+        # dcmtk's many-context proposal, twice: the second answered from the negotiation cache
+        for _ in range(2):
+            sent = storescu(r.host, r.port, r.trust.ae_title, [CT])
+            assert sent.returncode == 0, sent.stderr
+        echo = subprocess.run(
+            [dcmtk["echoscu"], "-aet", CALLER, "-aec", r.trust.ae_title, r.host, str(r.port)],
+            env=dict(os.environ, TCP_NODELAY="1"),
+            capture_output=True,
+            timeout=60,
+        )
+        assert echo.returncode == 0
+        acceptor = r.service.scp.acceptor  # type: ignore[union-attr]
+        # pynetdicom's, storescu's (twice: one hit) and echoscu's proposals
+        assert (acceptor.by_bytes.hits, len(acceptor.by_bytes)) == (1, 3)
+        # one instance three times: as pynetdicom encodes it, as storescu sends it (other
+        # bytes: a new version, kept), and storescu's bytes again (identical, dropped)
+        identical = r.metric("smartbox_duplicate_instances_total", kind="identical")
+        assert (r.metric("smartbox_instances_received_total"), identical) == (2, 1)
+        assert r.metric("smartbox_associations_total", result="accepted") == 4

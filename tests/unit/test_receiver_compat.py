@@ -1,5 +1,6 @@
-"""The receiver's seams: pynetdicom's internals used from one module, in a pinned and checked
-version range; statuses and reject reasons from one module; no import cycle between modules."""
+"""The receiver's seams: pynetdicom used from one module (and its internals by the tests'
+reference path), in a pinned and checked version range; statuses and reject reasons from one
+module; no import cycle between modules."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from helpers.receiver_env import make_trust
 from pynetdicom.pdu import A_ASSOCIATE_RJ
 
 from producers.receiver import pynetdicom_compat as compat
-from producers.receiver import status
+from producers.receiver import scp, status
+from producers.receiver.associate import encode_associate_rj
 
 ROOT = Path(__file__).resolve().parents[2]
 RECEIVER = ROOT / "producers" / "receiver"
@@ -62,6 +65,26 @@ def test_only_the_compat_module_imports_pynetdicom_internals() -> None:
     assert offenders == []
 
 
+def test_the_reference_path_uses_only_the_declared_internals() -> None:
+    """What the tests hold ``associate.py`` to is pynetdicom's code in the checked range."""
+    tree = ast.parse((ROOT / "tests" / "helpers" / "pynetdicom_reference.py").read_text())
+    used = {
+        (node.module, alias.name)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pynetdicom")
+        for alias in node.names
+    }
+    declared = {(m, name) for m, names in compat.USED_INTERNALS.items() for name in names}
+    assert used and used <= declared
+
+
+def test_the_storage_sop_classes_come_from_pynetdicom() -> None:
+    classes = compat.storage_sop_classes()
+    assert len(classes) > 100 and len(set(classes)) == len(classes)
+    assert "1.2.840.10008.5.1.4.1.1.2" in classes  # CT Image Storage
+    assert [abstract for abstract, _ts in scp.supported_contexts()] == [*classes, scp.VERIFICATION]
+
+
 def test_the_receiver_modules_import_no_cycle() -> None:
     graph = {
         f"producers.receiver.{p.stem}": {
@@ -104,11 +127,11 @@ def test_the_vocabularies_are_closed() -> None:
 def test_an_rj_encoded_here_decodes_to_its_triple() -> None:
     for reason, rejection in status.REJECTIONS.items():
         pdu = A_ASSOCIATE_RJ()
-        pdu.decode(compat.encode_associate_rj(rejection))
+        pdu.decode(encode_associate_rj(rejection))
         assert (pdu.result, pdu.source, pdu.reason_diagnostic) == tuple(rejection), reason
 
 
 def test_an_undecodable_rq_is_a_value_error_without_peer_bytes() -> None:
     with pytest.raises(ValueError) as err:
-        compat.decode_associate_rq(b"\x01\x00\x00\x00\x00\x10" + b"SECRET-PATIENT-X" * 1)
+        scp.acceptor_for(make_trust()).parse(b"\x01\x00\x00\x00\x00\x10" + b"SECRET-PATIENT-X")
     assert not re.search("SECRET", str(err.value))
