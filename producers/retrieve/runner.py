@@ -298,7 +298,7 @@ class CohortRunner:
         self.state.finish(study, state)
         metrics.RETRIEVE_STUDIES_RETRIEVED.labels(self.trust).inc()
         log.info(
-            "%s: cohort %s study %s %s (%d instances moved)",
+            "%s: cohort %s study %s %s (%d instances retrieved)",
             self.trust,
             study.cohort_id,
             study.study_pseudonym,
