@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from helpers.cohort import cohort_status, orthanc_pipeline, retrieve_table, staged_studies
 from helpers.dicom_relay import Relay
 from helpers.pipeline import KEY, Pipeline
 from helpers.receiver_e2e import declare_topology, wait_dicom_port
-from helpers.receiver_orthanc import Orthanc, orthanc_available
-from helpers.util import missing, wait_for
+from helpers.receiver_orthanc import Orthanc
+from helpers.util import wait_for
 from pynetdicom import AE
 
 from consumers.deid.pseudonyms import Pseudonymiser
@@ -32,13 +33,7 @@ PER_STUDY = 6  # 2 series x 3 instances
 
 @pytest.fixture
 def pipeline(tmp_path: Path, rabbitmq_url: str, namespace: str, s3_server) -> Iterator[Pipeline]:
-    if not orthanc_available():
-        missing("Orthanc (Debian package orthanc) is not installed")
-    p = Pipeline(tmp_path, rabbitmq_url, namespace, s3_server)
-    try:
-        yield p
-    finally:
-        p.stop_all()
+    yield from orthanc_pipeline(tmp_path, rabbitmq_url, namespace, s3_server)
 
 
 def _study(seed: int, hospital_id: str, nhs: str | None, day: str, description: str):
@@ -55,28 +50,7 @@ def _study(seed: int, hospital_id: str, nhs: str | None, day: str, description: 
 
 
 def _get_table(archive_port: int) -> str:
-    return f"""
-[retrieve]
-calling_ae = "SMARTBOX_QR"
-retry_initial_seconds = 1
-retry_max_seconds = 4
-max_attempts = 20
-
-[[retrieve.archives]]
-name = "pacs"
-ae_title = "{CODE}_PACS"
-host = "127.0.0.1"
-port = {archive_port}
-method = "C-GET"
-max_associations = 2
-instances_per_second = 50
-burst_instances = 20
-queries_per_second = 50
-window_start = "0 0 * * *"
-window_hours = 24
-timezone = "UTC"
-network_timeout_seconds = 20
-"""
+    return retrieve_table(CODE, archive_port, method="C-GET")
 
 
 def _failures(p: Pipeline) -> dict[str, float]:
@@ -84,16 +58,6 @@ def _failures(p: Pipeline) -> dict[str, float]:
         reason: p.metric("cohort", "smartbox_retrieve_failures_total", trust=CODE, reason=reason)
         for reason in ("move_incomplete", "move_failed", "association_failed")
     }
-
-
-def _status(p: Pipeline, cohort_id: str) -> dict:
-    out = p.run_cli("cohort", "status", "--trust", CODE, cohort_id, "--json")
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
-
-
-def _staged_studies(p: Pipeline) -> set[str]:
-    return {k.split("/")[1] for k in p.objects("staging", f"{CODE}/") if "/manifest-" in k}
 
 
 def _dataset_bytes(data: bytes) -> bytes:
@@ -174,23 +138,23 @@ def test_a_cohort_is_retrieved_by_c_get_through_the_receiver_matched_on_other_pa
         cohort_id = submitted.stdout.split()[0]
         p.start("cohort", "cohort", "run", "--trust", CODE)
 
-        wait_for(lambda: _status(p, cohort_id)["done"], 240, "the cohort to finish", 1)
+        wait_for(lambda: cohort_status(p, CODE, cohort_id)["done"], 240, "the cohort", 1)
         names = Pseudonymiser(RegionalKey.from_env({"SMARTBOX_PSEUDONYM_KEY": KEY}), CODE, 1)
         expected_staged = {names.uid(s.study_uid) for s in wanted}
         wait_for(
-            lambda: _staged_studies(p) >= expected_staged, 120, "the studies to be staged", 0.5
+            lambda: staged_studies(p, CODE) >= expected_staged, 120, "the studies staged", 0.5
         )
         time.sleep(3)  # past the receiver's quiet period: anything extra would show now
-        status = _status(p, cohort_id)
+        status = cohort_status(p, CODE, cohort_id)
         received = p.metric(f"receiver-{CODE}", "smartbox_instances_received_total", trust=CODE)
 
         # the same cohort again: everything is in the receiver's ledger, nothing is fetched
         again = p.run_cli("cohort", "submit", "--trust", CODE, str(cohort_csv))
         assert again.returncode == 0, again.stderr
         again_id = again.stdout.split()[0]
-        wait_for(lambda: _status(p, again_id)["done"], 120, "the second cohort", 1)
+        wait_for(lambda: cohort_status(p, CODE, again_id)["done"], 120, "the second cohort", 1)
         time.sleep(2)
-        again_status = _status(p, again_id)
+        again_status = cohort_status(p, CODE, again_id)
         received_again = p.metric(
             f"receiver-{CODE}", "smartbox_instances_received_total", trust=CODE
         )
@@ -198,7 +162,7 @@ def test_a_cohort_is_retrieved_by_c_get_through_the_receiver_matched_on_other_pa
         orthanc.stop()
 
     # exactly the matching studies, each instance once, through the receiver
-    assert _staged_studies(p) == expected_staged
+    assert staged_studies(p, CODE) == expected_staged
     assert status["studies"] == {"retrieved": 3, "filtered": 1}, status
     assert status["patients"] == {"queried": 3}, status
     assert received == PER_STUDY * len(wanted)
@@ -280,11 +244,11 @@ def test_a_c_get_cut_by_the_receiver_s_death_fails_those_instances_and_fetches_o
         wait_for(lambda: sum(_failures(p).values()) >= 1, 120, "the cut C-GET to count failed")
         p.start(receiver, "receive", "--trust", CODE)
         wait_dicom_port(p, CODE)
-        wait_for(lambda: _status(p, cohort_id)["done"], 240, "the cohort to finish", 1)
+        wait_for(lambda: cohort_status(p, CODE, cohort_id)["done"], 240, "the cohort", 1)
         names = Pseudonymiser(RegionalKey.from_env({"SMARTBOX_PSEUDONYM_KEY": KEY}), CODE, 1)
         expected_staged = {names.uid(s.study_uid) for s in wanted}
         wait_for(
-            lambda: _staged_studies(p) >= expected_staged, 120, "the studies to be staged", 0.5
+            lambda: staged_studies(p, CODE) >= expected_staged, 120, "the studies staged", 0.5
         )
         time.sleep(3)
         failures = _failures(p)
@@ -292,8 +256,8 @@ def test_a_c_get_cut_by_the_receiver_s_death_fails_those_instances_and_fetches_o
         orthanc.stop()
         slow_archive.close()
 
-    assert _staged_studies(p) == expected_staged
-    assert _status(p, cohort_id)["studies"] == {"retrieved": 2}
+    assert staged_studies(p, CODE) == expected_staged
+    assert cohort_status(p, CODE, cohort_id)["studies"] == {"retrieved": 2}
     assert failures["move_incomplete"] + failures["move_failed"] >= 1, failures
     cohort_log = "".join(f.read_text() for f in p.root.glob("cohort.*.log"))
     assert "resuming" in cohort_log  # only the missing instances asked for again

@@ -18,11 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.cohort import cohort_status, orthanc_pipeline, retrieve_table, staged_studies
 from helpers.dicom_relay import Relay
 from helpers.pipeline import KEY, Pipeline
 from helpers.receiver_e2e import declare_topology, wait_dicom_port
-from helpers.receiver_orthanc import Orthanc, orthanc_available
-from helpers.util import missing, wait_for
+from helpers.receiver_orthanc import Orthanc
+from helpers.util import wait_for
 
 from consumers.deid.pseudonyms import Pseudonymiser
 from smartbox.keys import RegionalKey
@@ -35,13 +36,7 @@ PER_STUDY = 6  # 2 series x 3 instances
 
 @pytest.fixture
 def pipeline(tmp_path: Path, rabbitmq_url: str, namespace: str, s3_server) -> Iterator[Pipeline]:
-    if not orthanc_available():
-        missing("Orthanc (Debian package orthanc) is not installed")
-    p = Pipeline(tmp_path, rabbitmq_url, namespace, s3_server)
-    try:
-        yield p
-    finally:
-        p.stop_all()
+    yield from orthanc_pipeline(tmp_path, rabbitmq_url, namespace, s3_server)
 
 
 def _study(seed: int, patient_id: str, day: str, description: str, body_part: str = ""):
@@ -56,38 +51,14 @@ def _study(seed: int, patient_id: str, day: str, description: str, body_part: st
 
 
 def _retrieve_table(archive_port: int) -> str:
-    return f"""
-[retrieve]
-calling_ae = "SMARTBOX_QR"
-retry_initial_seconds = 1
-retry_max_seconds = 4
-resume_grace_seconds = 3
-max_attempts = 20
-
-[[retrieve.archives]]
-name = "pacs"
-ae_title = "{CODE}_PACS"
-host = "127.0.0.1"
-port = {archive_port}
-max_associations = {ASSOCIATIONS}
-instances_per_second = {RATE}
-burst_instances = {BURST}
-queries_per_second = 50
-window_start = "0 0 * * *"
-window_hours = 24
-timezone = "UTC"
-network_timeout_seconds = 20
-"""
-
-
-def _status(p: Pipeline, cohort_id: str) -> dict:
-    out = p.run_cli("cohort", "status", "--trust", CODE, cohort_id, "--json")
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
-
-
-def _staged_studies(p: Pipeline) -> set[str]:
-    return {k.split("/")[1] for k in p.objects("staging", f"{CODE}/") if "/manifest-" in k}
+    return retrieve_table(
+        CODE,
+        archive_port,
+        associations=ASSOCIATIONS,
+        rate=RATE,
+        burst=BURST,
+        extra="resume_grace_seconds = 3\n",
+    )
 
 
 def test_a_cohort_is_retrieved_exactly_once_gently_and_across_restarts(
@@ -166,29 +137,29 @@ def test_a_cohort_is_retrieved_exactly_once_gently_and_across_restarts(
         orthanc.stop()
         orthanc.start()
 
-        wait_for(lambda: _status(p, cohort_id)["done"], 240, "the cohort to finish", 1)
+        wait_for(lambda: cohort_status(p, CODE, cohort_id)["done"], 240, "the cohort", 1)
         names = Pseudonymiser(RegionalKey.from_env({"SMARTBOX_PSEUDONYM_KEY": KEY}), CODE, 1)
         expected_staged = {names.uid(s.study_uid) for s in wanted}
         wait_for(
-            lambda: _staged_studies(p) >= expected_staged, 120, "the studies to be staged", 0.5
+            lambda: staged_studies(p, CODE) >= expected_staged, 120, "the studies staged", 0.5
         )
         time.sleep(3)  # past the receiver's quiet period: anything extra would show now
-        status = _status(p, cohort_id)
+        status = cohort_status(p, CODE, cohort_id)
         sent_before_again = len(receiver_relay.requests)
 
         # the same cohort again: everything is in the receiver's ledger, nothing is moved
         again = p.run_cli("cohort", "submit", "--trust", CODE, str(cohort_csv))
         assert again.returncode == 0, again.stderr
         again_id = again.stdout.split()[0]
-        wait_for(lambda: _status(p, again_id)["done"], 120, "the second cohort", 1)
-        again_status = _status(p, again_id)
+        wait_for(lambda: cohort_status(p, CODE, again_id)["done"], 120, "the second cohort", 1)
+        again_status = cohort_status(p, CODE, again_id)
     finally:
         orthanc.stop()
         receiver_relay.close()
         archive_relay.close()
 
     # exactly the matching studies, each instance once
-    assert _staged_studies(p) == expected_staged
+    assert staged_studies(p, CODE) == expected_staged
     assert status["studies"] == {"retrieved": 4, "filtered": 2}, status
     assert status["patients"] == {"queried": 4}, status
     assert len(receiver_relay.responses) == expected, "an instance was sent twice (or missed)"
@@ -300,15 +271,15 @@ def test_a_clinical_submission_drives_a_cohort_of_chest_imaging_around_each_swab
         cohort_id = line.split()[1].rstrip(":")
 
         p.start("cohort", "cohort", "run", "--trust", CODE)
-        wait_for(lambda: _status(p, cohort_id)["done"], 240, "the cohort to finish", 1)
+        wait_for(lambda: cohort_status(p, CODE, cohort_id)["done"], 240, "the cohort", 1)
         names = Pseudonymiser(RegionalKey.from_env({"SMARTBOX_PSEUDONYM_KEY": KEY}), CODE, 1)
         expected = {names.uid(s.study_uid) for s in wanted}
-        wait_for(lambda: _staged_studies(p) >= expected, 120, "the studies to be staged", 0.5)
+        wait_for(lambda: staged_studies(p, CODE) >= expected, 120, "the studies staged", 0.5)
         time.sleep(3)  # past the quiet period: anything extra would show now
     finally:
         orthanc.stop()
-    assert _staged_studies(p) == expected
-    status = _status(p, cohort_id)
+    assert staged_studies(p, CODE) == expected
+    status = cohort_status(p, CODE, cohort_id)
     assert status["patients"] == {"queried": 2}, status
     studies = status["studies"]  # a move whose instances all landed before its answer was
     # lost (a loaded machine) ends already_received: fetched once either way
