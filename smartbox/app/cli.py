@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     trust_add.add_parser(sub)
     status.add_parser(sub)
     probe.add_parser(sub)
-    from producers.retrieve import cli as cohort_cli
+    from smartbox.app import cohort_cli
 
     cohort_cli.add_parser(sub)
     return parser
@@ -298,7 +298,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return probe.main(args, settings)
     if args.command == "cohort":
-        from producers.retrieve import cli as cohort_cli
+        from smartbox.app import cohort_cli
 
         return cohort_cli.main(args, settings)
     if args.command in ("purge-quarantine", "held"):

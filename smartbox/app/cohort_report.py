@@ -14,13 +14,12 @@ import argparse
 import sys
 from typing import Any
 
+from producers.retrieve.api import open_state
 from smartbox import layout
+from smartbox.app.cohort_cli import cohort_or_fail, print_json
 from smartbox.errors import NotFound, SmartboxError
 from smartbox.settings import Settings
 from smartbox.trusts import TrustConfig
-
-from .api import open_state
-from .cli import cohort_or_fail, print_json
 
 
 def status_command(args: argparse.Namespace, settings: Settings, trust: TrustConfig) -> int:

@@ -71,7 +71,7 @@ def add_parser(sub: Any) -> None:
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
-    from .config import require
+    from producers.retrieve.config import require
 
     trust = load_trust(settings.trusts_dir, args.trust)
     require(trust)  # one line naming file and key, exit 2
@@ -79,17 +79,16 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         return _submit(args, settings, trust)
     if args.cohort_command == "run":
         return _run(args, settings, trust)
-    from .report import report_command, status_command
+    from smartbox.app.cohort_report import report_command, status_command
 
     command = status_command if args.cohort_command == "status" else report_command
     return command(args, settings, trust)
 
 
 def _submit(args: argparse.Namespace, settings: Settings, trust: TrustConfig) -> int:
+    from producers.retrieve.api import submit
+    from producers.retrieve.rows import parse_file
     from smartbox.keys import RegionalKey
-
-    from .api import submit
-    from .rows import parse_file
 
     key = RegionalKey.from_env()  # before anything is read: no key, nothing stored
     parsed = parse_file(Path(args.file))
@@ -119,19 +118,18 @@ def _submit(args: argparse.Namespace, settings: Settings, trust: TrustConfig) ->
 
 
 def _run(args: argparse.Namespace, settings: Settings, trust: TrustConfig) -> int:
+    from producers.retrieve.api import open_state, pseudonymiser
+    from producers.retrieve.config import require
+    from producers.retrieve.received import ReceiverLedger
+    from producers.retrieve.runner import CohortRunner
     from smartbox import metrics
     from smartbox.keys import RegionalKey
     from smartbox.runtime import install_stop_signals
 
-    from .api import open_state, pseudonymiser
-    from .config import require
-    from .received import ReceiverLedger
-    from .runner import CohortRunner
-
     config = require(trust)
     names = pseudonymiser(trust, RegionalKey.from_env())
     state = open_state(settings, trust)
-    from .state import FAILURE_REASONS
+    from producers.retrieve.state import FAILURE_REASONS
 
     metrics.init_series(
         "cohort",
