@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pika
 
-from .services import WEED_PORT_FLAGS, S3Server, pick_port_block
+from .services import WEED_PORT_FLAGS, S3Server, pick_port_block, weed_mini_command
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 
@@ -316,17 +316,7 @@ class PrivateS3:
         )
 
     def start(self, timeout: float = 90.0) -> None:
-        cmd = [
-            self.weed,
-            "mini",
-            f"-dir={self.directory}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            "-master.telemetry=false",
-            "-webdav=false",
-            "-admin.ui=false",
-            *[f"-{flag}={port}" for flag, port in self.flags.items()],
-        ]
+        cmd = weed_mini_command(self.weed, self.directory, self.flags)
         env = dict(os.environ, AWS_ACCESS_KEY_ID=self.access, AWS_SECRET_ACCESS_KEY=self.secret)
         with open(self.server.log, "ab") as out:
             self.process = subprocess.Popen(

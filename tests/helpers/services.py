@@ -86,6 +86,26 @@ def pick_port_block(count: int) -> list[int]:
     raise RuntimeError("no free port block")
 
 
+def weed_mini_command(weed: str, directory: Path, flags: dict[str, int]) -> list[str]:
+    """``weed mini`` on loopback with every port given (``flags``: port flag -> port)."""
+    return [
+        weed,
+        "mini",
+        f"-dir={directory}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-master.telemetry=false",
+        "-webdav=false",
+        "-admin.ui=false",
+        # every bucket is a collection with volumes of its own, and weed sizes its volume count
+        # as free disk / volume size (1 GiB here): a suite creating hundreds of buckets ran out
+        # ("no free volumes left") on a fuller disk. Small sparse volumes, a fixed high count.
+        "-master.volumeSizeLimitMB=64",
+        "-volume.max=2000",
+        *[f"-{flag}={port}" for flag, port in flags.items()],
+    ]
+
+
 def start_s3_server(weed: str, directory: Path, timeout: float = 60.0) -> S3Server:
     """A ``weed mini`` on a fresh block of ports; tried again on other ports if one of the
     block was taken by the time weed bound it (weed then exits at once)."""
@@ -107,17 +127,7 @@ def _start_s3_server(weed: str, directory: Path, timeout: float) -> S3Server:
     ports = pick_port_block(len(WEED_PORT_FLAGS))
     flags = dict(zip(WEED_PORT_FLAGS, ports, strict=True))
     log = directory / "weed.log"
-    cmd = [
-        weed,
-        "mini",
-        f"-dir={directory}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        "-master.telemetry=false",
-        "-webdav=false",
-        "-admin.ui=false",
-        *[f"-{flag}={port}" for flag, port in flags.items()],
-    ]
+    cmd = weed_mini_command(weed, directory, flags)
     env = dict(os.environ, AWS_ACCESS_KEY_ID=access, AWS_SECRET_ACCESS_KEY=secret)
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=directory)
