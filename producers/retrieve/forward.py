@@ -77,16 +77,21 @@ class Forwarder:
         ae.dimse_timeout = self.timeout
         return ae
 
+    def _associate(self, ae: AE) -> Any:
+        """An established association to the receiver, or None if it cannot be reached."""
+        try:
+            assoc = ae.associate(self.target.host, self.target.port, ae_title=self.target.ae_title)
+        except OSError:
+            return None
+        return assoc if assoc.is_established else None
+
     def echo(self) -> bool:
         """Whether the receiver answers a C-ECHO: asked before the archive is, so a receiver
         being restarted costs a wait, not a C-GET whose every instance fails."""
         ae = self._ae()
         ae.add_requested_context(VERIFICATION)
-        try:
-            assoc = ae.associate(self.target.host, self.target.port, ae_title=self.target.ae_title)
-        except OSError:
-            return False
-        if not assoc.is_established:
+        assoc = self._associate(ae)
+        if assoc is None:
             return False
         try:
             status = assoc.send_c_echo()
@@ -107,14 +112,8 @@ class Forwarder:
                 ae.add_requested_context(uid, [cx.transfer_syntax[0]])
         if not ae.requested_contexts:
             return False
-        try:
-            assoc = ae.associate(self.target.host, self.target.port, ae_title=self.target.ae_title)
-        except OSError:
-            return False
-        if not assoc.is_established:
-            return False
-        self._assoc = assoc
-        return True
+        self._assoc = self._associate(ae)
+        return self._assoc is not None
 
     def close(self) -> None:
         assoc, self._assoc = self._assoc, None

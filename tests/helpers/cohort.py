@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from helpers.pipeline import Pipeline
+from helpers.pipeline import Pipeline, running
 from helpers.receiver_orthanc import orthanc_available
 from helpers.util import missing
 
@@ -18,11 +18,7 @@ def orthanc_pipeline(
     """A pipeline whose processes are stopped afterwards; Orthanc must be installed."""
     if not orthanc_available():
         missing("Orthanc (Debian package orthanc) is not installed")
-    p = Pipeline(tmp_path, rabbitmq_url, namespace, s3_server)
-    try:
-        yield p
-    finally:
-        p.stop_all()
+    yield from running(tmp_path, rabbitmq_url, namespace, s3_server)
 
 
 def retrieve_table(

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -274,3 +275,14 @@ class Pipeline:
             text=True,
             timeout=300,
         )
+
+
+def running(
+    tmp_path: Path, rabbitmq_url: str, namespace: str, s3_server: object
+) -> Iterator[Pipeline]:
+    """A pipeline for one test; every process it started is stopped afterwards."""
+    p = Pipeline(tmp_path, rabbitmq_url, namespace, s3_server)
+    try:
+        yield p
+    finally:
+        p.stop_all()

@@ -20,7 +20,7 @@ import pika
 import pydicom
 import pytest
 from helpers.clinical import NHS_A, NHS_B, NHS_BAD, NHS_C, identified, planted, write_csv
-from helpers.pipeline import Pipeline
+from helpers.pipeline import Pipeline, running
 from helpers.util import wait_for
 
 from consumers.clinical.national import patient_links
@@ -39,11 +39,7 @@ LOCAL = "LOC-IMG-4471"  # a patient whose images carry only a local ID
 def pipeline(
     tmp_path: Path, rabbitmq_url: str, namespace: str, s3_server, dcmtk
 ) -> Iterator[Pipeline]:
-    p = Pipeline(tmp_path, rabbitmq_url, namespace, s3_server)
-    try:
-        yield p
-    finally:
-        p.stop_all()
+    yield from running(tmp_path, rabbitmq_url, namespace, s3_server)
 
 
 class Tap:
