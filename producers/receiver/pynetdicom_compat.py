@@ -1,4 +1,5 @@
-"""The one module that uses pynetdicom in the receiver: its list of storage SOP classes.
+"""The one module that uses pynetdicom in the receiver: its list of storage SOP classes (and,
+for the SCUs that use pynetdicom as requestor, a reliable view of an A-ASSOCIATE-RJ).
 
 The receiver's upper layer (``ul.py``) and A-ASSOCIATE handling (``associate.py``) are our own;
 pynetdicom 3.0's decoding, negotiation and encoding are the reference they are tested against
@@ -13,7 +14,10 @@ at start-up rather than with a silently different set of accepted SOP classes.
 from __future__ import annotations
 
 import importlib.metadata
+from typing import Any
 
+from pynetdicom import evt
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.presentation import AllStoragePresentationContexts
 
 #: the pynetdicom releases this module was written and tested against: [lowest, below)
@@ -62,3 +66,26 @@ if not version_supported(installed_version()):
 def storage_sop_classes() -> list[str]:
     """Every standard storage SOP class UID pynetdicom knows, in its order."""
     return [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+
+
+class RejectionWatch:
+    """The A-ASSOCIATE-RJ a pynetdicom requestor received, as (result, source, diagnostic).
+
+    pynetdicom 3.0's requestor can report a fast rejection as an abort: its ACSE thread looks
+    at the transport only after its DUL thread has connected, sent the A-ASSOCIATE-RQ,
+    received the RJ and closed the connection, so it sees "not connected" and aborts
+    (``is_rejected`` stays False). The PDU-received event is raised by the DUL thread itself,
+    before it closes anything: pass ``watch.handler`` in ``evt_handlers`` and read
+    ``watch.rejection`` once ``associate()`` returns."""
+
+    def __init__(self) -> None:
+        self.rejection: tuple[int, int, int] | None = None
+
+    @property
+    def handler(self) -> tuple[Any, Any]:
+        return (evt.EVT_PDU_RECV, self._on_pdu)
+
+    def _on_pdu(self, event: Any) -> None:
+        pdu = event.pdu
+        if isinstance(pdu, A_ASSOCIATE_RJ):
+            self.rejection = (pdu.result or 0, pdu.source or 0, pdu.reason_diagnostic or 0)

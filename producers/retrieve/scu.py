@@ -22,6 +22,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from producers.receiver.pynetdicom_compat import RejectionWatch
 from producers.receiver.scp import TRANSFER_SYNTAXES
 from smartbox.errors import SmartboxError, TransientError
 from smartbox.retry import call_with_retry
@@ -132,10 +133,11 @@ class ArchiveClient:
 
     def _open(self, forwarder: Forwarder | None = None) -> Any:
         ae, roles = self._ae(get=forwarder is not None)
-        extra: dict[str, Any] = {}
+        watch = RejectionWatch()
+        extra: dict[str, Any] = {"evt_handlers": [watch.handler]}
         if forwarder is not None:
             extra["ext_neg"] = roles  # SCP role: the archive's C-STOREs come to us
-            extra["evt_handlers"] = [(evt.EVT_C_STORE, forwarder.handle_store)]
+            extra["evt_handlers"].append((evt.EVT_C_STORE, forwarder.handle_store))
         try:
             assoc = ae.associate(
                 self.archive.host,
@@ -146,7 +148,7 @@ class ArchiveClient:
             )
         except (OSError, ssl.SSLError) as exc:
             raise _Unreachable(exc.__class__.__name__) from None
-        if assoc.is_rejected:
+        if assoc.is_rejected or watch.rejection is not None:
             raise RetrieveError("association_rejected")
         if not assoc.is_established:
             raise _Unreachable("not established")

@@ -20,6 +20,7 @@ from pynetdicom import AE, _config
 from pynetdicom.presentation import build_context
 
 from producers.receiver import ReceiverService
+from producers.receiver.pynetdicom_compat import RejectionWatch
 from smartbox.bus import MemoryBus
 from smartbox.keys import RegionalKey
 from smartbox.store import LocalStore
@@ -159,12 +160,11 @@ def send_files(
     contexts = sorted({_context_for(p) for p in files})
     ae.requested_contexts = [build_context(sop, [ts]) for sop, ts in contexts]
     kwargs = {"tls_args": (tls, "localhost")} if tls is not None else {}
-    assoc = ae.associate(host, port, ae_title=called, **kwargs)
+    watch = RejectionWatch()  # is_rejected alone misses a fast RJ under load
+    assoc = ae.associate(host, port, ae_title=called, evt_handlers=[watch.handler], **kwargs)
     if not assoc.is_established:
-        rj = assoc.acceptor.primitive if assoc.is_rejected else None
-        reject = (rj.result, rj.result_source, rj.diagnostic) if rj is not None else None
         ae.shutdown()
-        return SendResult(False, [], reject)
+        return SendResult(False, [], watch.rejection)
     previous = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True
     statuses = []

@@ -124,3 +124,20 @@ def test_the_probe_sends_over_dicom_tls_as_a_pacs_would(tmp_path: Path, pki) -> 
         assert send_study(
             r.host, r.port, r.trust.ae_title, study.datasets[:1], CALLER, tls=ctx
         ) == [-1]
+
+
+def test_an_archive_that_rejects_the_retrieval_is_reported_as_rejected(tmp_path: Path) -> None:
+    """The cohort SCU tells a rejection (the trust file or the archive is wrong: not retried)
+    from an archive that is not there, however fast the RJ comes back."""
+    from producers.retrieve.config import Archive
+    from producers.retrieve.limits import Associations
+    from producers.retrieve.scu import ArchiveClient, RetrieveError
+
+    with local_receiver(tmp_path) as r:
+        archive = Archive("pacs", r.trust.ae_title, r.host, r.port, network_timeout_seconds=10)
+        client = ArchiveClient(archive, "STRANGER", Associations(1), connect_retry_seconds=0)
+        for _ in range(20):
+            with pytest.raises(RetrieveError) as failed, client.association():
+                pass
+            assert failed.value.reason == "association_rejected"
+        assert r.metric("smartbox_associations_total", result="rejected_calling_ae") == 20
