@@ -266,12 +266,18 @@ def run_cpu(
     return float(out[0]), int(out[1]), float(out[2]) if len(out) > 2 else float("nan")
 
 
-def run_command(src: Path, dst: Path, n: int, root: Path = ROOT) -> tuple[float, int, float]:
+DEIDENTIFY = [sys.executable, "-m", "smartbox", "deidentify"]
+
+
+def run_command(
+    src: Path, dst: Path, n: int, root: Path = ROOT, workers: int = 0
+) -> tuple[float, int, float]:
     """``smartbox deidentify SRC --out DST``, the real command, in a fresh process: (wall
     seconds of the process's whole life, start-up included; held back; CPU seconds, user +
     system of the process from ``wait4``). The key comes from the environment, as an
     operator's would; no trust: the deployment's default policy, the same options as
-    ``OURS``."""
+    ``OURS``. ``workers``: its ``--workers`` (0, its default: one per CPU for 200 files); CPU
+    is the whole process tree's (``wait4`` counts the reaped workers)."""
     for f in dst.glob("*"):
         f.unlink()
     env = dict(
@@ -283,7 +289,7 @@ def run_command(src: Path, dst: Path, n: int, root: Path = ROOT) -> tuple[float,
     env.pop("SMARTBOX_SECRETS_FILE", None)
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "smartbox", "deidentify", str(src), "--out", str(dst)],
+        [*DEIDENTIFY, str(src), "--out", str(dst), "--workers", str(workers)],
         cwd=root,
         env=env,
         stdout=subprocess.PIPE,
@@ -314,6 +320,7 @@ def run_references(
     dcmanon: str | None,
     command: bool,
     markdown: bool,
+    command_workers: int = 0,
 ) -> None:
     """The engine loop (``OURS``), dcmanon and the ``smartbox deidentify`` command, one
     process each, alternating ROUNDS times: wall rates and CPU ms per file, medians, each
@@ -343,8 +350,8 @@ def run_references(
                 assert dcmanon is not None  # noqa: S101 - names has it only then
                 got = run_cpu(dcmanon, DCMANON, src, dst)
             elif name == "command (whole)":
-                wall_n, held, cpu_n = run_command(src, dst, n)
-                wall_1, _, cpu_1 = run_command(one, dst, 1)
+                wall_n, held, cpu_n = run_command(src, dst, n, workers=command_workers)
+                wall_1, _, cpu_1 = run_command(one, dst, 1, workers=command_workers)
                 got = (n / wall_n, held, 1e3 * cpu_n / n)
                 rate["command (marginal)"].append((n - 1) / (wall_n - wall_1))
                 cpu["command (marginal)"].append(1e3 * (cpu_n - cpu_1) / (n - 1))
@@ -496,6 +503,13 @@ def main() -> int:
         action="store_true",
         help="also run `smartbox deidentify FILES --out DIR` and compare it with the engine",
     )
+    p.add_argument(
+        "--command-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the command's --workers (default 0: its own default, one per CPU for 200 files)",
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp, "in"), Path(tmp, "out")
@@ -508,7 +522,14 @@ def main() -> int:
             return 0
         if args.dcmanon_python or args.command:
             run_references(
-                src, dst, args.n, args.rounds, args.dcmanon_python, args.command, args.markdown
+                src,
+                dst,
+                args.n,
+                args.rounds,
+                args.dcmanon_python,
+                args.command,
+                args.markdown,
+                args.command_workers,
             )
             return 0
         if args.workers:

@@ -158,3 +158,51 @@ def test_progress_goes_to_stderr_only_when_asked_or_on_a_terminal(
     captured = capsys.readouterr()
     assert "3/3 files" in captured.err.splitlines()[-1]
     assert "3/3" not in captured.out
+
+
+def test_worker_processes_give_the_same_outputs_names_and_summary(tmp_path, env_key) -> None:
+    """Forked workers hand back outcomes in input order: the first input of an instance, each
+    duplicate and collision, every output's name and bytes and the summary are the same as
+    in one process."""
+    src = _corpus(tmp_path)  # one to write, one held back, one unparseable
+    copy = ct_dataset()
+    copy.SOPInstanceUID = "1.2.826.0.1.3680043.9.7.1"
+    for n in range(30):
+        (src / f"copy{n:02d}.dcm").write_bytes(to_bytes(copy))
+    copy.PixelData = bytes(len(copy.PixelData))  # another version of the same instance
+    (src / "copy15b.dcm").write_bytes(to_bytes(copy))
+    results = {}
+    for workers in ("1", "3"):
+        out = tmp_path / f"out{workers}"
+        assert main([str(src), "--out", str(out), "--workers", workers]) == 0
+        results[workers] = (
+            {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".dcm"},
+            json.loads((out / "summary.json").read_text()),
+            sorted(p.name for p in out.iterdir()),
+        )
+    one, three = results["1"], results["3"]
+    assert one[2] == three[2] and one[1] == three[1]
+    assert one[0] == three[0], "the same bytes under every name"
+    summary = one[1]
+    assert (summary["files"], summary["duplicates"], summary["collisions"]) == (34, 29, 1)
+    assert summary["written"] == 3 and summary["held_back"] == 2
+    assert not any(n.startswith(".") for n in one[2]), "no scratch folder left"
+    [collision] = summary["collision_files"]
+    assert collision["input"].endswith("copy15b.dcm")
+    assert collision["same_uid_as"].endswith("copy00.dcm"), "the first input in order wins"
+
+
+def test_workers_must_be_a_number_of_processes(tmp_path, env_key, capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([str(tmp_path), "--out", str(tmp_path / "o"), "--workers", "many"])
+    assert exited.value.code == 2
+    assert "--workers: expected a number of processes" in capsys.readouterr().err
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, env_key, capsys) -> None:
+    src = _corpus(tmp_path)
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    assert main([str(src), "--out", str(blocked / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("smartbox deidentify: cannot write to") and len(err.splitlines()) == 1
