@@ -41,6 +41,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bench.trash import Trash  # noqa: E402
 
 OURS = """
 import os, sys, time
@@ -239,6 +242,18 @@ def make_corpus(directory: Path, n: int, pixels_kind: str = "noise") -> None:
         ds.save_as(directory / f"ct{i:04d}.dcm", enforce_file_format=True)
 
 
+#: earlier runs' outputs, deleted at the end (``bench/trash.py``: deleting them just before
+#: the next run slowed that run's file creation on this machine's journal-less ext4)
+TRASH = Trash(Path(tempfile.gettempdir()))
+
+
+def _empty(dst: Path) -> None:
+    """``dst``, empty, for the next run's outputs: the last run's moved aside, not deleted."""
+    if any(dst.iterdir()):
+        TRASH.add(dst)
+        dst.mkdir()
+
+
 def run(
     python: str, code: str, src: Path, dst: Path, *extra: str, root: Path = ROOT
 ) -> tuple[float, int]:
@@ -253,8 +268,7 @@ def run_cpu(
     """(files/s, held back, CPU ms per file of the process: NaN when the script does not
     say). CPU time is what to compare on a machine shared with other work: wall-clock
     rates move with the neighbours' load, the process's own CPU time much less."""
-    for f in dst.glob("*"):
-        f.unlink()
+    _empty(dst)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run(
         [python, "-c", code, str(src), str(dst), str(root), *extra],
@@ -278,8 +292,7 @@ def run_command(
     operator's would; no trust: the deployment's default policy, the same options as
     ``OURS``. ``workers``: its ``--workers`` (0, its default: one per CPU for 200 files); CPU
     is the whole process tree's (``wait4`` counts the reaped workers)."""
-    for f in dst.glob("*"):
-        f.unlink()
+    _empty(dst)
     env = dict(
         os.environ,
         OMP_NUM_THREADS="1",
@@ -562,4 +575,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    finally:
+        TRASH.close()

@@ -62,6 +62,8 @@ import pika  # noqa: E402
 from helpers.pipeline import Pipeline  # noqa: E402
 from helpers.services import S3Server, start_s3_server  # noqa: E402
 
+from bench.trash import Trash  # noqa: E402
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 FLOOR = """
@@ -170,6 +172,10 @@ def send(port: int, code: str, studies: list[list[Path]], associations: int) -> 
 
 
 # --- one environment per run -----------------------------------------------------------------
+#: where finished runs' directories wait to be deleted (``bench/trash.py``)
+TRASH = Trash(Path(tempfile.gettempdir()))
+
+
 class Run:
     """A fresh weed, namespace, spool and buckets; smartbox processes from ``tree``."""
 
@@ -208,7 +214,7 @@ class Run:
         Topology(self.ns).delete(conn.channel())
         conn.close()
         self.s3.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        TRASH.add(self.dir)  # deleted later: see bench/trash.py
 
 
 def wait_count(run: Run, role: str, field: str, n: int, timeout: float) -> float:
@@ -410,6 +416,13 @@ def main() -> int:
     ap.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/%2F")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
+    try:
+        return _main(args)
+    finally:
+        TRASH.close()
+
+
+def _main(args: argparse.Namespace) -> int:
     trees = [checkout(p) for p in ([args.baseline] if args.baseline else []) + [args.tree]]
     for tree, rev in trees:
         print(f"tree {tree} ({rev}); load average {loadavg()}", flush=True)

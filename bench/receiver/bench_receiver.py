@@ -14,8 +14,10 @@ association per instance (a pynetdicom sender: associate, one C-STORE, release; 
 negotiation of ~120 presentation contexts). TCP_NODELAY=1 is set for every dcmtk and Orthanc
 process. Each run starts the receiver afresh with empty storage; the clock covers the sending
 only (every response received). Receivers and patterns alternate within each round; the
-medians of the rounds are reported, with ratios to Orthanc. Every run checks that the
-receiver stored N.
+medians of the rounds are reported, with ratios to Orthanc and storescp (and per round).
+Every run checks that the receiver stored N. A run's files are deleted only when the pile
+is large, followed by a pause, or at the end (``bench/trash.py``: on this machine's
+journal-less ext4 a mass deletion slows file creation for the next 30 s).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
 from bench.receiver.targets import AET, NODELAY, Orthanc, Smartbox, Storescp  # noqa: E402
+from bench.trash import Trash  # noqa: E402
 
 PER_INSTANCE_SENDER = """
 import sys, time
@@ -108,7 +111,9 @@ def send(pattern: str, port: int, files: list[Path]) -> float:
     return time.perf_counter() - t0
 
 
-def run_once(target_name: str, pattern: str, files: list[Path], work: Path, workers: int) -> float:
+def run_once(
+    target_name: str, pattern: str, files: list[Path], work: Path, workers: int, trash: Trash
+) -> float:
     workdir = Path(tempfile.mkdtemp(dir=work, prefix=f"{target_name}-{pattern}-"))
     shutil.rmtree(workdir)
     target = {
@@ -126,7 +131,7 @@ def run_once(target_name: str, pattern: str, files: list[Path], work: Path, work
         return len(files) / seconds
     finally:
         target.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        trash.add(workdir)  # deleted later: see bench/trash.py
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,27 +147,41 @@ def main(argv: list[str] | None = None) -> int:
     targets, patterns = args.targets.split(","), args.patterns.split(",")
     files = corpus(args.n)
     results: dict[tuple[str, str], list[float]] = {}
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory(prefix="smartbox-bench-") as tmp:
-        for r in range(args.rounds):
-            for pattern in patterns:
-                per_instance = pattern.startswith("per_")
-                subset = files[: args.per_instance_n] if per_instance else files
-                order = targets[r % len(targets) :] + targets[: r % len(targets)]
-                for name in order:
-                    rate = run_once(name, pattern, subset, Path(tmp), args.workers)
-                    results.setdefault((name, pattern), []).append(rate)
-                    print(f"round {r + 1} {pattern:12s} {name:9s} {rate:7.1f} inst/s", flush=True)
+        trash = Trash(Path(tmp))
+        try:
+            for r in range(args.rounds):
+                for pattern in patterns:
+                    per_instance = pattern.startswith("per_")
+                    subset = files[: args.per_instance_n] if per_instance else files
+                    order = targets[r % len(targets) :] + targets[: r % len(targets)]
+                    for name in order:
+                        rate = run_once(name, pattern, subset, Path(tmp), args.workers, trash)
+                        results.setdefault((name, pattern), []).append(rate)
+                        line = f"round {r + 1} {pattern:12s} {name:9s} {rate:7.1f} inst/s"
+                        print(line, flush=True)
+        finally:
+            trash.close()
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     medians = {k: statistics.median(v) for k, v in results.items()}
     print()
     print(f"{os.cpu_count()} CPUs, {platform.platform()}, smartbox workers={args.workers}")
-    header = "| sender pattern | " + " | ".join(targets) + " | smartbox / Orthanc |"
-    rows = [header, "|---" * (len(targets) + 2) + "|"]
+    refs = [t for t in ("orthanc", "storescp") if t in targets and "smartbox" in targets]
+    header = (
+        "| sender pattern | "
+        + " | ".join(targets)
+        + "".join(f" | smartbox / {t} (rounds)" for t in refs)
+    )
+    rows = [header + " |", "|---" * (len(targets) + 1 + len(refs)) + "|"]
     for pattern in patterns:
         cells = [f"{medians[(t, pattern)]:.0f}" for t in targets]
-        ratio = ""
-        if ("smartbox", pattern) in medians and ("orthanc", pattern) in medians:
-            ratio = f"{medians[('smartbox', pattern)] / medians[('orthanc', pattern)]:.2f}x"
-        rows.append(f"| {pattern} | " + " | ".join(cells) + f" | {ratio} |")
+        for ref in refs:
+            ours, theirs = results[("smartbox", pattern)], results[(ref, pattern)]
+            per_round = ", ".join(f"{a / b:.2f}" for a, b in zip(ours, theirs, strict=True))
+            ratio = medians[("smartbox", pattern)] / medians[(ref, pattern)]
+            cells.append(f"{ratio:.2f}x ({per_round})")
+        rows.append(f"| {pattern} | " + " | ".join(cells) + " |")
     print("\n".join(rows))
     if args.markdown:
         print()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import hashlib
 import json
 import multiprocessing
@@ -288,6 +289,7 @@ def _outcomes(
         if workers <= 1:
             yield map(_deidentify, jobs)
             return
+        gc.freeze()  # the collector would write to every inherited object: copied pages
         pool = multiprocessing.get_context("fork").Pool(workers, initializer=_tune_malloc)
         try:
             yield pool.imap(_deidentify, jobs, chunksize=4)
