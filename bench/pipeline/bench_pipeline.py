@@ -215,6 +215,7 @@ class Run:
         conn.close()
         self.s3.stop()
         TRASH.add(self.dir)  # deleted later: see bench/trash.py
+        os.sync()  # nothing of this run is written back during the next one
 
 
 def wait_count(run: Run, role: str, field: str, n: int, timeout: float) -> float:

@@ -20,6 +20,7 @@ from multiprocessing.connection import Connection
 import pydicom.uid
 
 from smartbox import logs
+from smartbox.process import freeze_startup_objects
 
 from .scp import StoreSCP
 from .spool import Spool
@@ -64,6 +65,7 @@ def main(argv: list[str]) -> int:
     _memoize_uid_validity()
     spool = Spool(settings.spool_root, durable_commits=False)
     scp = StoreSCP(trust, spool, settings.key)
+    freeze_startup_objects()
     scp.start(listen)
     lock = threading.Lock()
     with lock:

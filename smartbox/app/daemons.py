@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from smartbox.keys import RegionalKey
+from smartbox.process import freeze_startup_objects
 from smartbox.settings import Settings
 from smartbox.trusts import load_trust
 
@@ -33,6 +34,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         service = factories.receiver(
             factories.Wiring.from_settings(settings, rt.bus, rt.store, key=key), trust
         )
+        freeze_startup_objects()
         service.start(rt.stop)
         if server is not None:
             server.start()
@@ -55,6 +57,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         # key, trust files and policy builder as check-config checked them (require above)
         wiring = factories.Wiring.from_settings(settings, rt.bus, rt.store)
         anonymiser = factories.anonymiser(wiring)
+        freeze_startup_objects()
         rt.bus.consume(
             "anonymiser",
             anonymiser.handle,
