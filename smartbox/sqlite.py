@@ -1,20 +1,51 @@
 """SQLite transactions as the box's local databases use them (the receiver's ledger, the
 cohort state): one connection shared by a process's threads under a lock, every write in
-``BEGIN IMMEDIATE`` so that writers of other processes wait (busy timeout) instead of failing
-at commit."""
+``BEGIN IMMEDIATE`` so that writers of other processes wait instead of failing at commit.
+
+Writers of several processes (the receiver's SCP workers and its relay share one ledger) can
+also queue on a ``WriterLock``: SQLite's own busy handler polls a locked database with sleeps
+of 1, 2, 5, 10 ms and more, so under four associations nearly every intake commit slept a
+millisecond or several (``strace``: ~one ``clock_nanosleep`` per instance, 2026-12-01), and
+four associations received barely more than one. A waiter on the lock file is woken by the
+kernel the moment the holder lets go."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+
+
+class WriterLock:
+    """An exclusive lock across processes: ``flock`` on ``path`` (made if missing). Not
+    between threads of one process (they share the open file): take a thread lock first."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def __enter__(self) -> WriterLock:
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 @contextmanager
-def immediate(db: sqlite3.Connection, lock: threading.RLock) -> Iterator[sqlite3.Connection]:
-    """A write transaction on ``db``: committed when the block ends, rolled back if it raises."""
-    with lock:
+def immediate(
+    db: sqlite3.Connection, lock: threading.RLock, writers: WriterLock | None = None
+) -> Iterator[sqlite3.Connection]:
+    """A write transaction on ``db``: committed when the block ends, rolled back if it raises.
+    With ``writers``, this process's turn among the database's writers is taken first."""
+    across: AbstractContextManager[object] = writers if writers is not None else nullcontext()
+    with lock, across:
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db

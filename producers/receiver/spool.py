@@ -30,7 +30,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from smartbox.sqlite import immediate
+from smartbox.sqlite import WriterLock, immediate
 from smartbox.store import fsync_dir
 
 from .recovery import PENDING, SpoolRecovery, record_instance
@@ -128,6 +128,8 @@ class Spool(SpoolRecovery):
         # cut; a ledger row lost with it is rebuilt from the file by ``recover``.
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable_commits else 'NORMAL'}")
         self._lock = threading.RLock()
+        # every process that writes this ledger (SCP workers, relay, recovery) queues here
+        self._writers = WriterLock(root / "ledger.lock")
         with self._tx() as db:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
@@ -142,7 +144,7 @@ class Spool(SpoolRecovery):
         self._study_dirs: set[str] = set()
 
     def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
-        return immediate(self._db, self._lock)
+        return immediate(self._db, self._lock, self._writers)
 
     # --- intake (SCP association threads, possibly in several processes) ------------------
     def is_duplicate(self, instance_key: str, sha256: str) -> bool:
@@ -421,3 +423,4 @@ class Spool(SpoolRecovery):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._writers.close()
