@@ -322,9 +322,15 @@ def run_latency(args: argparse.Namespace, tree: Path, files: list[Path]) -> floa
     run = Run(args, tree)
     try:
         run.start("receiver", "receive", "--trust", run.code)
+        start = time.monotonic()
         send(run.port, run.code, [files], 1)
         sent = time.monotonic()
         announced = wait_count(run, "anonymiser", "instance_count", len(files), 900)
+        print(
+            f"  {len(files)} instances: sent in {sent - start:.2f}s, announced"
+            f" {announced - start:.2f}s after the first was sent",
+            flush=True,
+        )
         return announced - sent - args.quiet
     finally:
         run.close()
@@ -431,7 +437,7 @@ def _main(args: argparse.Namespace) -> int:
     modes = [m for m in args.modes.split(",") if m]
     runners = {"pipeline": run_pipeline, "receive": run_receive, "floor": run_floor}
     results: dict[str, dict[str, list[dict]]] = {rev: {m: [] for m in modes} for _t, rev in trees}
-    for r in range(args.rounds):
+    for r in range(args.rounds if modes else 0):  # --modes "": latency only
         order = modes[r % len(modes) :] + modes[: r % len(modes)]
         for tree, rev in trees if r % 2 == 0 else trees[::-1]:
             for mode in order:
