@@ -206,3 +206,31 @@ def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, env_key, 
     assert main([str(src), "--out", str(blocked / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("smartbox deidentify: cannot write to") and len(err.splitlines()) == 1
+
+
+def test_ctrl_c_is_one_line_and_exit_130_with_no_scratch_left(
+    tmp_path, env_key, capsys, monkeypatch
+) -> None:
+    from consumers.deid.deidentifier import Deidentifier
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for n in range(5):
+        ds = ct_dataset()
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.9.7.2.{n}"
+        (src / f"f{n}.dcm").write_bytes(to_bytes(ds))
+    real, calls = Deidentifier.process, []
+
+    def interrupted_on_the_third(self, raw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, raw)
+
+    monkeypatch.setattr(Deidentifier, "process", interrupted_on_the_third)
+    assert main([str(src), "--out", str(out), "--workers", "1"]) == 130
+    err = capsys.readouterr().err.strip()
+    expected = f"interrupted after 2 of 5 file(s); 2 written to {out}, no summary.json"
+    assert err == f"smartbox deidentify: {expected}"
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in out.glob("*.dcm"))
+    assert len(list(out.glob("*.dcm"))) == 2 and not (out / "summary.json").exists()
