@@ -25,17 +25,20 @@ class WriterLock:
     between threads of one process (they share the open file): take a thread lock first."""
 
     def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # a file object, not a bare descriptor: closed with it if its owner is never closed
+        self._file = open(  # noqa: SIM115 - lives as long as the lock
+            os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600), "rb", buffering=0
+        )
 
     def __enter__(self) -> WriterLock:
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
 
     def close(self) -> None:
-        os.close(self.fd)
+        self._file.close()
 
 
 @contextmanager

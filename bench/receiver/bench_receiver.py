@@ -19,7 +19,10 @@ Every run checks that the receiver stored N. A run's files are deleted only when
 is large, followed by a pause, or at the end (``bench/trash.py``: on this machine's
 journal-less ext4 a mass deletion slows file creation for the next 30 s), and all dirty pages
 are written back (``sync``) before the next run starts. A run whose sender fails is run again
-once, and says so.
+once, and says so. smartbox's relay uploads every durable instance to quarantine while the
+study arrives; here that is a second durable copy on the same disk, which storescp and
+Orthanc do not make, so those uploads wait until the run is over unless
+``--smartbox-uploads`` is given (``bench_pipeline`` measures intake with real S3 uploads).
 """
 
 from __future__ import annotations
@@ -114,14 +117,20 @@ def send(pattern: str, port: int, files: list[Path]) -> float:
 
 
 def run_once(
-    target_name: str, pattern: str, files: list[Path], work: Path, workers: int, trash: Trash
+    target_name: str,
+    pattern: str,
+    files: list[Path],
+    work: Path,
+    workers: int,
+    trash: Trash,
+    uploads: bool = False,
 ) -> float:
     workdir = Path(tempfile.mkdtemp(dir=work, prefix=f"{target_name}-{pattern}-"))
     shutil.rmtree(workdir)
     target = {
         "storescp": lambda: Storescp(workdir),
         "orthanc": lambda: Orthanc(workdir),
-        "smartbox": lambda: Smartbox(workdir, workers),
+        "smartbox": lambda: Smartbox(workdir, workers, uploads),
     }[target_name]()
     try:
         target.start()
@@ -148,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patterns", default="one,four,per_instance,per_file_storescu")
     ap.add_argument("--workers", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     ap.add_argument("--markdown", action="store_true", help="print a table for RESULTS.md")
+    ap.add_argument(
+        "--smartbox-uploads",
+        action="store_true",
+        help="let smartbox's relay upload to its (local) quarantine store during the run; by "
+        "default the uploads wait until it is over, as the other receivers upload nothing",
+    )
     args = ap.parse_args(argv)
     targets, patterns = args.targets.split(","), args.patterns.split(",")
     files = corpus(args.n)
@@ -155,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory(prefix="smartbox-bench-") as tmp:
         trash = Trash(Path(tmp))
+        common = (args.workers, trash, args.smartbox_uploads)
         try:
             for r in range(args.rounds):
                 for pattern in patterns:
@@ -163,10 +179,10 @@ def main(argv: list[str] | None = None) -> int:
                     order = targets[r % len(targets) :] + targets[: r % len(targets)]
                     for name in order:
                         try:
-                            rate = run_once(name, pattern, subset, Path(tmp), args.workers, trash)
+                            rate = run_once(name, pattern, subset, Path(tmp), *common)
                         except RuntimeError as exc:  # a sender failing once: say so, run again
                             print(f"round {r + 1} {pattern} {name}: {exc}; again", flush=True)
-                            rate = run_once(name, pattern, subset, Path(tmp), args.workers, trash)
+                            rate = run_once(name, pattern, subset, Path(tmp), *common)
                         results.setdefault((name, pattern), []).append(rate)
                         line = f"round {r + 1} {pattern:12s} {name:9s} {rate:7.1f} inst/s"
                         print(line, flush=True)

@@ -27,11 +27,25 @@ from smartbox.trusts import TrustConfig
 from smartbox.keys import RegionalKey
 from smartbox.store import LocalStore
 root, port, workers = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+uploads = sys.argv[5] == "upload"
 trust = TrustConfig(code="BENCH", name="bench", ae_title="BENCH_SCP", port=port,
                     allowed_callers=("*",), source_file=Path("bench"), bind_host="127.0.0.1")
-stop = threading.Event()
-signal.signal(signal.SIGTERM, lambda *_: stop.set())
-service = ReceiverService(trust, spool_dir=root / "spool", store=LocalStore(root / "objects"),
+stop, released = threading.Event(), threading.Event()
+
+class HeldStore(LocalStore):
+    # storescp and Orthanc upload nothing: unless told to, the relay's uploads to quarantine
+    # (a second durable copy of every instance, here on the same disk) wait until the end
+    def put_file(self, bucket, key, path):
+        if not uploads:
+            released.wait()
+        super().put_file(bucket, key, path)
+
+def on_term(*_):
+    released.set()
+    stop.set()
+
+signal.signal(signal.SIGTERM, on_term)
+service = ReceiverService(trust, spool_dir=root / "spool", store=HeldStore(root / "objects"),
                           bus=MemoryBus(), key=RegionalKey(b"bench-" + b"k" * 32),
                           workers=workers)
 service.start(stop)
@@ -141,19 +155,24 @@ class Orthanc(Target):
 
 class Smartbox(Target):
     """Our receiver (ReceiverService: SCP worker processes, fsync'd spool + SQLite ledger,
-    relay running on the in-process bus and a local-directory object store)."""
+    relay running on the in-process bus and a local-directory object store). The relay
+    uploads each instance to quarantine as soon as it is durable; with ``uploads`` False
+    (the default) those uploads wait until the run is over, as the other receivers upload
+    nothing (``bench_pipeline`` measures intake with real S3 uploads)."""
 
     name = "smartbox"
 
-    def __init__(self, workdir: Path, workers: int) -> None:
+    def __init__(self, workdir: Path, workers: int, uploads: bool = False) -> None:
         super().__init__(workdir)
         self.workers = workers
+        self.uploads = uploads  # False: the relay's uploads wait until the run is over
 
     def start(self) -> Smartbox:
         cmd = [sys.executable, "-c", SMARTBOX, str(self.dir), str(self.port), str(self.workers)]
         log = open(self.dir / "receiver.log", "wb")  # noqa: SIM115
+        mode = "upload" if self.uploads else "hold"
         self.proc = subprocess.Popen(
-            [*cmd, str(ROOT)], stdout=subprocess.PIPE, stderr=log, text=True
+            [*cmd, str(ROOT), mode], stdout=subprocess.PIPE, stderr=log, text=True
         )
         assert self.proc.stdout is not None
         if self.proc.stdout.readline().strip() != "ready":
