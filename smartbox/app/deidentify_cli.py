@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import gc
 import hashlib
 import json
 import multiprocessing
@@ -48,6 +47,7 @@ from consumers.deid.reasons import Reason
 from consumers.deid.table import CODE_VERSION, TABLE_EDITION
 from smartbox import logs
 from smartbox.errors import ConfigError
+from smartbox.process import freeze_startup_objects
 from smartbox.settings import environment
 from smartbox.trusts import load_trust
 
@@ -292,7 +292,7 @@ def _outcomes(
         if workers <= 1:
             yield map(_deidentify, jobs)
             return
-        gc.freeze()  # the collector would write to every inherited object: copied pages
+        freeze_startup_objects()  # else the collector writes to every inherited object
         pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_setup)
         try:
             yield pool.imap(_deidentify, jobs, chunksize=4)
