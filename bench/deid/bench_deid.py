@@ -321,6 +321,19 @@ def run_command(
     return wall, int(summary["held_back"]), usage.ru_utime + usage.ru_stime
 
 
+def compile_tree(root: Path) -> None:
+    """Write the bytecode of `root`'s packages, which an installed package has: with
+    ``PYTHONDONTWRITEBYTECODE`` set (as here) a checkout's sources would be compiled again at
+    each command's start-up (~0.08 s a process on a 2-core VM)."""
+    dirs = [d for d in ("producers", "consumers", "smartbox", "schemas") if (root / d).is_dir()]
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", *dirs],
+        cwd=root,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
 def _spread(values: list[float]) -> str:
     return f"{min(values):.2f}-{max(values):.2f}"
 
@@ -524,6 +537,9 @@ def main() -> int:
         help="the command's --workers (default 0: its own default, one per CPU for 200 files)",
     )
     args = p.parse_args()
+    for root in (ROOT, args.baseline):
+        if root:  # every run imports bytecode, as an installed package does
+            compile_tree(root)
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp, "in"), Path(tmp, "out")
         src.mkdir()

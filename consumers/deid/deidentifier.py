@@ -126,7 +126,7 @@ class Deidentifier:
                 "(apt-get install tesseract-ocr, or set ocr = false)"
             )
         if policy.unknown_names != "off":
-            vocabulary()  # loaded now (~60 ms), not while the first instance waits
+            vocabulary()  # loaded now (its index: a few ms), not at the first instance
         if policy.allow_list:
             allow_lists()
         self._pseudo = Pseudonymiser(key, policy.trust_code, policy.max_date_shift_days)

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from consumers.deid import Deidentifier, DeidPolicy
-from consumers.deid.names import find_name, stop_words, vocabulary
+from consumers.deid.names import STOP, build_dict, find_name, stop_words, vocabulary
 
 #: none of these names is in the instance (its patient is Featherstonehaugh^Araminta)
 THIRD_PARTY = [
@@ -126,5 +126,55 @@ def test_vocabulary_is_the_shipped_file() -> None:
     data = resources.files("consumers.deid").joinpath("data")
     digest = hashlib.sha256(data.joinpath("person_names.tsv.gz").read_bytes()).hexdigest()
     assert digest in data.joinpath("README.md").read_text("utf-8")
-    names = vocabulary()
+    names = build_dict()
     assert len(names) > 180_000 and {"okonkwo", "patel", "smith", "nwachukwu"} <= set(names)
+
+
+def test_the_shipped_index_is_current_and_answers_as_the_sources_do() -> None:
+    """``person_names.idx`` is what ``--index`` makes of the shipped sources today (rebuild it
+    after editing the stop-list), it is what ``vocabulary()`` loads, and it gives every name
+    the flags of the dict built from the sources; words that are no name are not found."""
+    from importlib import resources
+
+    from consumers.deid.names import INDEX, Vocabulary, index_bytes
+
+    names = build_dict()
+    shipped = resources.files("consumers.deid").joinpath("data", INDEX).read_bytes()
+    assert shipped == index_bytes(names)
+    index = vocabulary()
+    assert isinstance(index, Vocabulary) and len(index) == len(names)
+    assert all(index.get(name, -1) == flags for name, flags in names.items())
+    assert STOP & index.get("chest") and "chest" in index
+    nonsense = ["", "zzqxv", "okonkwoo", "smith smith", "ok0nkwo", "Okonkwo", "ωμέγα"]
+    assert [index.get(word, -1) for word in nonsense] == [-1] * len(nonsense)
+    assert not any(word in index for word in nonsense) and 42 not in index
+
+
+def test_a_stale_or_damaged_index_is_not_used(tmp_path, monkeypatch) -> None:
+    """An index made from other sources (a stop-list edited without ``--index``), cut short
+    or missing: the vocabulary is built from the sources instead, with the same answers."""
+    from importlib import resources
+
+    from consumers.deid import names as module
+
+    real = resources.files("consumers.deid").joinpath("data")
+    shipped = real.joinpath(module.INDEX).read_bytes()
+    for name in module._SOURCES:
+        (tmp_path / name).write_bytes(real.joinpath(name).read_bytes())
+    monkeypatch.setattr(module, "_data", lambda: tmp_path)
+    (tmp_path / module.INDEX).write_bytes(shipped)
+    assert isinstance(module._load_index(), module.Vocabulary)  # a faithful copy is used
+    for damaged in (shipped[:-1], b"SBNAMES0" + shipped[8:], b""):
+        (tmp_path / module.INDEX).write_bytes(damaged)
+        assert module._load_index() is None
+    (tmp_path / module.INDEX).unlink()
+    assert module._load_index() is None
+    (tmp_path / module.INDEX).write_bytes(shipped)
+    stoplist = tmp_path / "name_stoplist.txt"
+    stoplist.write_text(stoplist.read_text("utf-8") + "\nokonkwo\n", "utf-8")
+    assert module._load_index() is None  # made before the edit: not used
+    module.stop_words.cache_clear()
+    try:
+        assert module.build_dict()["okonkwo"] & STOP  # what the fallback answers
+    finally:
+        module.stop_words.cache_clear()
