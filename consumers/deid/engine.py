@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -191,6 +191,14 @@ class TableWalker:
     def _date(self, ds: Dataset, tag: BaseTag, vr: str, ctx: InstanceContext) -> None:
         if ctx.date_mode == "keep":
             return
+        text = _raw_text(ds, tag, vr)
+        if text is not None:  # not converted by pydicom: the same value, straight from bytes
+            if ctx.date_mode == "empty":
+                ds._dict[tag] = DataElement(tag, vr, "")
+                return
+            ds._dict[tag] = DataElement(tag, vr, shift_date_value(vr, text, ctx.date_shift_days))
+            ctx.shifted_dates = True
+            return
         elem = ds[tag]
         if elem.VM == 0:
             return
@@ -230,14 +238,16 @@ class TableWalker:
     ) -> None:
         if ctx.retain_uids:
             return
+        text = _raw_text(ds, tag, "UI")
+        if text is not None:  # not converted by pydicom: the same values, straight from bytes
+            new = _new_uids(text.split("\\"), ctx, keep_dicom_root)
+            ds._dict[tag] = DataElement(tag, "UI", new if len(new) > 1 else new[0])
+            return
         elem = ds[tag]
         if elem.VM == 0:
             return
         values = list(elem.value) if isinstance(elem.value, MultiValue) else [elem.value]
-        new = [
-            v if not v or (keep_dicom_root and v.startswith(DICOM_UID_ROOT)) else ctx.uid(v)
-            for v in (str(x).strip("\0 ") for x in values)
-        ]
+        new = _new_uids(values, ctx, keep_dicom_root)
         elem.value = new if len(new) > 1 else new[0]
         if elem.VR != "UI":
             ds[tag] = DataElement(tag, "UI", elem.value)
@@ -276,3 +286,25 @@ class TableWalker:
             t = int(tag)
             if t & 0x10000 and 0x0010 <= (t & 0xFFFF) <= 0x00FF and t not in creators_used:
                 del ds[tag]
+
+
+def _raw_text(ds: Dataset, tag: BaseTag, vr: str) -> str | None:
+    """The value of a DA, DT or UI element that pydicom has not converted yet, as pydicom
+    would convert it (ISO 8859-1, trailing spaces and NULs removed), or None when it has
+    been converted, is empty (or only padding) or was read with another VR: then
+    ``ds[tag]`` converts it. Converting costs tens of microseconds per element (hooks,
+    converters, value types), and its result was only ever turned back into this text.
+    ``tests/unit/deid/test_engine_raw_values.py``: the same bytes out either way."""
+    raw = ds._dict.get(tag)
+    if type(raw) is not RawDataElement or not raw.value or (raw.VR is not None and raw.VR != vr):
+        return None
+    return raw.value.decode("latin-1").rstrip(" \0") or None
+
+
+def _new_uids(values: list, ctx: InstanceContext, keep_dicom_root: bool) -> list[str]:
+    """Each UID value replaced by its pseudonym (empty values, and DICOM's own UIDs where
+    asked, kept)."""
+    return [
+        v if not v or (keep_dicom_root and v.startswith(DICOM_UID_ROOT)) else ctx.uid(v)
+        for v in (str(x).strip("\0 ") for x in values)
+    ]

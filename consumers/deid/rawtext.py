@@ -19,10 +19,17 @@ from pydicom.datadict import dictionary_VR
 from pydicom.valuerep import TEXT_VR_DELIMS
 
 SCANNED_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC", "UR"})
+#: coded, date, numeric and UID strings (the default repertoire): given too when asked for
+#: (``structured``), because the raw byte scan alone misses a value whose neighbouring
+#: header bytes happen to be letters or digits (in big endian, a length of 48-57 bytes is
+#: an ASCII digit before the value; a following group 0x0030-0x0039, 0x0041-0x005A ...
+#: is one after it), so such a value is looked for as a value
+STRUCTURED_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI"})
 _SINGLE_VALUED = frozenset({"ST", "LT", "UT", "UR"})
 _LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
+_ALL_VRS = SCANNED_VRS | STRUCTURED_VRS
 UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _CHARSET = 0x00080005
@@ -47,12 +54,19 @@ def _dict_vr(tag: int) -> str | None:
 
 
 def text_values(
-    data: bytes, implicit: bool, little: bool, encodings: list[str] | None = None
+    data: bytes,
+    implicit: bool,
+    little: bool,
+    encodings: list[str] | None = None,
+    *,
+    structured: bool = False,
 ) -> list[tuple[str, str]]:
     """``(vr, text)`` for every free-text value at every depth of the encoded dataset
-    `data` (multi-valued strings split, trailing padding removed, empty values skipped)."""
+    `data` (multi-valued strings split, trailing padding removed, empty values skipped);
+    with `structured`, every value of the ``STRUCTURED_VRS`` as well."""
     out: list[tuple[str, str]] = []
-    pos, _ = _dataset(data, 0, len(data), implicit, little, encodings or ["iso8859"], out)
+    wanted = _ALL_VRS if structured else SCANNED_VRS
+    pos, _ = _dataset(data, 0, len(data), implicit, little, encodings or ["iso8859"], out, wanted)
     if pos != len(data):
         raise Malformed("trailing bytes")
     return out
@@ -66,6 +80,7 @@ def _dataset(
     little: bool,
     encodings: list[str],
     out: list[tuple[str, str]],
+    wanted: frozenset[str] = SCANNED_VRS,
 ) -> tuple[int, bool]:
     """Walk elements from `pos` to `end`; return (position, stopped at an item delimiter)."""
     hh, h, ll = _STRUCTS[little]
@@ -99,15 +114,19 @@ def _dataset(
                 vr = _dict_vr(tag) or "UN"
                 sq_implicit, sq_little = True, True
         if vr == "SQ" or (length == UNDEFINED and vr in (None, "UN")):
-            pos = _sequence(data, pos, length, end, sq_implicit, sq_little, encodings, out)
+            pos = _sequence(data, pos, length, end, sq_implicit, sq_little, encodings, out, wanted)
             continue
         if length == UNDEFINED or pos + length > end:
             raise Malformed("undefined or overlong value")
-        if tag == _CHARSET or vr in SCANNED_VRS:
+        if tag == _CHARSET or vr in wanted:
             value = data[pos : pos + length]
             if tag == _CHARSET:
                 terms = value.decode("ascii", "replace").rstrip("\0 ").split("\\")
                 encodings = convert_encodings([t.strip() for t in terms])
+                if vr in wanted:
+                    _add(out, vr, value.decode("latin-1"), single=False)
+            elif vr in STRUCTURED_VRS:
+                _add(out, vr, value.decode("latin-1"), single=False)
             elif vr == "UR":
                 _add(out, vr, value.decode("latin-1"), single=True)
             else:
@@ -133,6 +152,7 @@ def _sequence(
     little: bool,
     encodings: list[str],
     out: list[tuple[str, str]],
+    wanted: frozenset[str] = SCANNED_VRS,
 ) -> int:
     hh, _h, ll = _STRUCTS[little]
     seq_end = end if length == UNDEFINED else pos + length
@@ -150,14 +170,14 @@ def _sequence(
         if tag != _ITEM:
             raise Malformed("expected an item")
         if item_length == UNDEFINED:
-            pos, delimited = _dataset(data, pos, seq_end, implicit, little, encodings, out)
+            pos, delimited = _dataset(data, pos, seq_end, implicit, little, encodings, out, wanted)
             if not delimited:
                 raise Malformed("item without delimiter")
         else:
             item_end = pos + item_length
             if item_end > seq_end:
                 raise Malformed("item longer than its sequence")
-            pos, delimited = _dataset(data, pos, item_end, implicit, little, encodings, out)
+            pos, delimited = _dataset(data, pos, item_end, implicit, little, encodings, out, wanted)
             if delimited or pos != item_end:
                 raise Malformed("item delimiter inside a defined-length item")
     if length == UNDEFINED:

@@ -6,7 +6,9 @@ birth date in several spellings, accession number, institution, addresses, phone
 original instance UIDs); then it scans the *output*:
 
 * every free-text value at every depth, parsed back from the written bytes (``rawtext``:
-  so a writer bug is caught too), case-insensitively and on word boundaries;
+  so a writer bug is caught too), case-insensitively and on word boundaries; and every
+  coded, date, numeric and UID value the same way (identifiers of 3+ characters, the birth
+  date in any spelling, original UIDs as whole values);
 * the raw written bytes (file meta + dataset), for identifiers of 3 characters or more, in
   UTF-8, Latin-1 and the instance's own character sets; native pixel data separately
   (``pixels``: its length against the image attributes, identifiers of 6+ bytes in it;
@@ -38,7 +40,7 @@ from .identifiers import (
     pattern_kind,
 )
 from .names import find_name
-from .rawtext import Malformed, text_values
+from .rawtext import STRUCTURED_VRS, Malformed, text_values
 from .receipts import is_own_text
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "birth_date_spellings",
     "pattern_kind",
     "scan_dataset",
+    "scan_structured",
     "scan_texts",
     "text_values",
     "verify_output",
@@ -53,11 +56,9 @@ __all__ = [
 
 
 def scan_dataset(ds: Dataset, ids: Identifiers) -> str | None:
-    """Kind of the first hit in any free-text value at any depth of `ds`, else None.
-
-    Coded, numeric and binary values are left to the raw byte scan (``search_bytes``), which
-    sees every byte of them anyway; decoding them here would only cost time.
-    """
+    """Kind of the first hit in any free-text, coded, date, numeric or UID value at any
+    depth of `ds` (as ``scan_texts``), else None. Binary values are left to the raw byte
+    scan (``search_bytes``)."""
     for tag in list(ds.keys()):
         vr = ds.get_item(tag).VR
         if vr is None or vr == "UN":
@@ -68,6 +69,10 @@ def scan_dataset(ds: Dataset, ids: Identifiers) -> str | None:
                 kind = scan_dataset(item, ids)
                 if kind:
                     return kind
+        elif vr in STRUCTURED_VRS:
+            kind = scan_structured([(vr, t) for t in _strings(ds[tag].value)], ids)
+            if kind:
+                return kind
         elif vr in FREE_TEXT_VRS or vr == "UR":
             value = ds[tag].value
             if isinstance(value, PersonName):
@@ -86,10 +91,35 @@ def scan_dataset(ds: Dataset, ids: Identifiers) -> str | None:
 _SEPARATOR = "\n\x00\n"
 
 
+def scan_structured(values: list[tuple[str, str]], ids: Identifiers) -> str | None:
+    """Kind of the first hit among coded, date, numeric and UID values (``STRUCTURED_VRS``),
+    else None: an original UID of the instance as a whole value, the instance's identifiers
+    of 3+ characters (as the raw byte scan looks for them) and the birth date in any
+    spelling. No generic patterns: a number or a code is not free text. The byte scan sees
+    these bytes too, but not always: the header bytes next to a value can be letters or
+    digits, and then its word-boundary check fails (a birth date kept under the full-dates
+    option, in big endian, went through that way)."""
+    if not values:
+        return None
+    uids = ids.uids
+    if uids and any(vr == "UI" and text in uids for vr, text in values):
+        return "original_uid"
+    return ids.search_folded(fold(_SEPARATOR.join(text for _vr, text in values)), 3)
+
+
 def scan_texts(values: list[tuple[str, str]], ids: Identifiers) -> str | None:
     """Kind of the first hit among ``(vr, text)`` values, else None: the instance's
     identifiers in any of them, the generic patterns in free text (not UR, not our own
-    pseudonym). One pass over the joined values for each, instead of one per value."""
+    pseudonym); coded, date, numeric and UID values as ``scan_structured``. One pass over
+    the joined values for each, instead of one per value."""
+    if not values:
+        return None
+    structured = [(vr, text) for vr, text in values if vr in STRUCTURED_VRS]
+    if structured:
+        values = [(vr, text) for vr, text in values if vr not in STRUCTURED_VRS]
+        kind = scan_structured(structured, ids)
+        if kind:
+            return kind
     if not values:
         return None
     kind = ids.search_folded(fold(_SEPARATOR.join(text for _vr, text in values)))
@@ -122,8 +152,8 @@ def verify_output(encoded: Encoded, ids: Identifiers) -> str | None:
     if kind:
         return kind
     try:
-        values = text_values(encoded.meta, False, True)
-        values += text_values(encoded.body, encoded.implicit, encoded.little)
+        values = text_values(encoded.meta, False, True, structured=True)
+        values += text_values(encoded.body, encoded.implicit, encoded.little, structured=True)
     except (Malformed, struct.error, LookupError, UnicodeError):
         meta = read_dataset(BytesIO(encoded.meta), False, True)
         parsed = read_dataset(BytesIO(encoded.body), encoded.implicit, encoded.little)
