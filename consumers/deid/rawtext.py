@@ -11,6 +11,7 @@ and the gate falls back to pydicom's reader.
 
 from __future__ import annotations
 
+import re
 import struct
 from functools import lru_cache
 
@@ -30,6 +31,10 @@ _LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
 _ALL_VRS = SCANNED_VRS | STRUCTURED_VRS
+#: an element of unknown VR (``UN``, private in implicit VR) is also given, as ``("UN",
+#: text)``, when it is at most this long and printable ASCII (padding included)
+_UNKNOWN_TEXT_MAX = 4096
+_PRINTABLE = re.compile(rb"[\x20-\x7e]*\x00?")
 UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _CHARSET = 0x00080005
@@ -63,7 +68,8 @@ def text_values(
 ) -> list[tuple[str, str]]:
     """``(vr, text)`` for every free-text value at every depth of the encoded dataset
     `data` (multi-valued strings split, trailing padding removed, empty values skipped);
-    with `structured`, every value of the ``STRUCTURED_VRS`` as well."""
+    with `structured`, every value of the ``STRUCTURED_VRS`` as well, and printable values
+    of unknown VR as ``UN``."""
     out: list[tuple[str, str]] = []
     wanted = _ALL_VRS if structured else SCANNED_VRS
     pos, _ = _dataset(data, 0, len(data), implicit, little, encodings or ["iso8859"], out, wanted)
@@ -132,8 +138,22 @@ def _dataset(
             else:
                 text = decode_bytes(value, encodings, TEXT_VR_DELIMS)
                 _add(out, vr, text, single=vr in _SINGLE_VALUED)  # type: ignore[arg-type]
+        elif (vr is None or vr == "UN") and wanted is _ALL_VRS:
+            # no VR known (a private element in implicit VR, or UN): if its bytes are
+            # printable ASCII it is text for all we know, looked for as a structured value
+            unknown = unknown_vr_text(data[pos : pos + length])
+            if unknown is not None:
+                _add(out, "UN", unknown, single=False)
         pos += length
     return pos, False
+
+
+def unknown_vr_text(value: bytes) -> str | None:
+    """A value of unknown VR as text, if it is at most ``_UNKNOWN_TEXT_MAX`` bytes of
+    printable ASCII (an even-length pad NUL allowed), else None."""
+    if len(value) <= _UNKNOWN_TEXT_MAX and _PRINTABLE.fullmatch(value):
+        return value.decode("ascii")
+    return None
 
 
 def _add(out: list[tuple[str, str]], vr: str, text: str, single: bool) -> None:

@@ -40,7 +40,7 @@ from .identifiers import (
     pattern_kind,
 )
 from .names import find_name
-from .rawtext import STRUCTURED_VRS, Malformed, text_values
+from .rawtext import STRUCTURED_VRS, Malformed, text_values, unknown_vr_text
 from .receipts import is_own_text
 
 __all__ = [
@@ -73,6 +73,12 @@ def scan_dataset(ds: Dataset, ids: Identifiers) -> str | None:
             kind = scan_structured([(vr, t) for t in _strings(ds[tag].value)], ids)
             if kind:
                 return kind
+        elif vr is None or vr == "UN":
+            value = ds.get_item(tag).value
+            text = unknown_vr_text(value) if isinstance(value, bytes) else None
+            kind = scan_structured([("UN", text)], ids) if text else None
+            if kind:
+                return kind
         elif vr in FREE_TEXT_VRS or vr == "UR":
             value = ds[tag].value
             if isinstance(value, PersonName):
@@ -91,10 +97,15 @@ def scan_dataset(ds: Dataset, ids: Identifiers) -> str | None:
 _SEPARATOR = "\n\x00\n"
 
 
+#: what ``scan_structured`` looks at: the structured VRs, and printable values of unknown VR
+_AS_VALUES = STRUCTURED_VRS | {"UN"}
+
+
 def scan_structured(values: list[tuple[str, str]], ids: Identifiers) -> str | None:
-    """Kind of the first hit among coded, date, numeric and UID values (``STRUCTURED_VRS``),
-    else None: an original UID of the instance as a whole value, the instance's identifiers
-    of 3+ characters (as the raw byte scan looks for them) and the birth date in any
+    """Kind of the first hit among coded, date, numeric and UID values (``STRUCTURED_VRS``)
+    and printable values of unknown VR (``UN``: a private element in implicit VR), else
+    None: an original UID of the instance as a whole value, the instance's identifiers of
+    3+ characters (as the raw byte scan looks for them) and the birth date in any
     spelling. No generic patterns: a number or a code is not free text. The byte scan sees
     these bytes too, but not always: the header bytes next to a value can be letters or
     digits, and then its word-boundary check fails (a birth date kept under the full-dates
@@ -114,9 +125,9 @@ def scan_texts(values: list[tuple[str, str]], ids: Identifiers) -> str | None:
     the joined values for each, instead of one per value."""
     if not values:
         return None
-    structured = [(vr, text) for vr, text in values if vr in STRUCTURED_VRS]
+    structured = [(vr, text) for vr, text in values if vr in _AS_VALUES]
     if structured:
-        values = [(vr, text) for vr, text in values if vr not in STRUCTURED_VRS]
+        values = [(vr, text) for vr, text in values if vr not in _AS_VALUES]
         kind = scan_structured(structured, ids)
         if kind:
             return kind

@@ -55,6 +55,12 @@ def _output(elements: list[tuple[int, str, object]], ts: str) -> codec.Encoded:
 
 #: an identifier in a structured value, with an alphanumeric header byte beside it
 CASES = {
+    # implicit VR: a private element's VR is unknown; the next group's low byte is '1'
+    "a name in a private element of unknown VR, before group 0x0031": (
+        [(0x00290010, "LO", "ACME 1.1"), (0x00291010, "LO", "ARAMINTA"), (0x00310010, "LO", "XY")],
+        "implicit",
+        "person_name",
+    ),
     # LE: the byte after the CS value is the low byte of group 0x0041 ('A')
     "a name in a code, before group 0x0041": (
         [(0x00181030, "CS", "ARAMINTA"), (0x00410010, "LO", "ACME")],
@@ -82,9 +88,8 @@ def test_identifiers_in_structured_values_next_to_alphanumeric_header_bytes(name
     ids = _source_ids()
     if kind == "original_uid":
         ids.uids[str(elements[0][2])] = "original_uid"
-    encoded = _output(
-        elements, ExplicitVRLittleEndian if order == "little" else ExplicitVRBigEndian
-    )
+    ts = {"little": ExplicitVRLittleEndian, "big": ExplicitVRBigEndian}.get(order)
+    encoded = _output(elements, ts or ImplicitVRLittleEndian)
     assert ids.search_bytes(encoded.scan) is None  # the gap: the byte scan alone misses it
     assert verify_output(encoded, ids) == kind
     # pydicom's reader, the gate's fallback when its own parser gives up, sees it too
