@@ -205,12 +205,19 @@ def test_malformed_identifiable_input_leaves_no_value_in_any_log(
         "the malformed study staged or held back",
     )
     assert len(done) == 1
-    staged = p.metric("anonymiser", "smartbox_instances_staged_total", trust="RTK")
-    held = sum(
-        p.metric("anonymiser", "smartbox_instances_held_back_total", trust="RTK", reason=r)
-        for r in {h["reason"].split(":", 1)[0] for h in done[0]["held_back"]}
-    )
-    assert staged + held == 5
+    families = {h["reason"].split(":", 1)[0] for h in done[0]["held_back"]}
+
+    def counted() -> float:
+        staged = p.metric("anonymiser", "smartbox_instances_staged_total", trust="RTK")
+        return staged + sum(
+            p.metric("anonymiser", "smartbox_instances_held_back_total", trust="RTK", reason=r)
+            for r in families
+        )
+
+    # the counters move once the manifest is written and study.staged confirmed, a moment
+    # after the manifest can be read: wait for them, then they must say exactly 5
+    wait_for(lambda: counted() >= 5, 30, "the anonymiser's counters")
+    assert counted() == 5
     logs = p.logs()
     assert "anonymiser" in logs and "staged" in logs  # the logs are there, and say things
     for value in study.identifiers:
