@@ -70,7 +70,11 @@ def scan_dataset(ds: Dataset, ids: Identifiers) -> str | None:
                 if kind:
                     return kind
         elif vr in STRUCTURED_VRS:
-            kind = scan_structured([(vr, t) for t in _strings(ds[tag].value)], ids)
+            value = ds.get_item(tag).value  # raw bytes unless converted: no value conversion
+            texts = _strings(
+                value.decode("latin-1").split("\\") if isinstance(value, bytes) else value
+            )
+            kind = scan_structured([(vr, t) for t in texts], ids)
             if kind:
                 return kind
         elif vr is None or vr == "UN":
