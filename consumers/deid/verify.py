@@ -60,7 +60,8 @@ def scan_dataset(ds: Dataset, ids: Identifiers) -> str | None:
     depth of `ds` (as ``scan_texts``), else None. Binary values are left to the raw byte
     scan (``search_bytes``)."""
     for tag in list(ds.keys()):
-        vr = ds.get_item(tag).VR
+        elem = ds.get_item(tag)  # raw unless converted: no value conversion here
+        vr = elem.VR
         if vr is None or vr == "UN":
             vr = _dict_vr(int(tag)) or vr
         if vr == "SQ":
@@ -70,7 +71,7 @@ def scan_dataset(ds: Dataset, ids: Identifiers) -> str | None:
                 if kind:
                     return kind
         elif vr in STRUCTURED_VRS:
-            value = ds.get_item(tag).value  # raw bytes unless converted: no value conversion
+            value = elem.value
             texts = _strings(
                 value.decode("latin-1").split("\\") if isinstance(value, bytes) else value
             )
@@ -78,7 +79,7 @@ def scan_dataset(ds: Dataset, ids: Identifiers) -> str | None:
             if kind:
                 return kind
         elif vr is None or vr == "UN":
-            value = ds.get_item(tag).value
+            value = elem.value
             text = unknown_vr_text(value) if isinstance(value, bytes) else None
             kind = scan_structured([("UN", text)], ids) if text else None
             if kind:
@@ -127,14 +128,14 @@ def scan_texts(values: list[tuple[str, str]], ids: Identifiers) -> str | None:
     identifiers in any of them, the generic patterns in free text (not UR, not our own
     pseudonym); coded, date, numeric and UID values as ``scan_structured``. One pass over
     the joined values for each, instead of one per value."""
-    if not values:
-        return None
-    structured = [(vr, text) for vr, text in values if vr in _AS_VALUES]
-    if structured:
-        values = [(vr, text) for vr, text in values if vr not in _AS_VALUES]
-        kind = scan_structured(structured, ids)
-        if kind:
-            return kind
+    structured: list[tuple[str, str]] = []
+    texts: list[tuple[str, str]] = []
+    for pair in values:
+        (structured if pair[0] in _AS_VALUES else texts).append(pair)
+    kind = scan_structured(structured, ids)
+    if kind:
+        return kind
+    values = texts
     if not values:
         return None
     kind = ids.search_folded(fold(_SEPARATOR.join(text for _vr, text in values)))
