@@ -20,8 +20,9 @@ by element on pydicom's own test files, and a seeded mutation run).
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import date, datetime
 from typing import NamedTuple
 
 from pydicom import config as pydicom_config
@@ -45,6 +46,12 @@ UNDEFINED = 0xFFFFFFFF
 LONG_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
 #: the VR each value we read must have (implicit VR: pydicom takes the dictionary's, the same)
 WANTED = {STUDY_UID: b"UI", MODALITY: b"CS", SOP_INSTANCE: b"UI"}
+#: Acquisition, Content, Series and Study Date, in the order ``acquisition_date`` prefers them
+#: (all before the study UID, so the walk passes them anyway): a hint for the export's fairness
+DATES = (0x00080022, 0x00080023, 0x00080021, 0x00080020)
+_DATE_TAGS = frozenset(DATES)
+DATE_KEYWORDS = ("AcquisitionDate", "ContentDate", "SeriesDate", "StudyDate")
+_KEEP = frozenset(WANTED) | _DATE_TAGS
 MAX_VALUE = 1024  # a UID has at most 64 characters, a CS 16: longer is not a value we trust
 MAX_DEPTH = 64  # nested sequences: deeper is a fuzzer's, not a modality's
 MAX_ELEMENTS = 200_000  # headers walked before (0020,000D): real files have a few thousand
@@ -60,6 +67,21 @@ class Header:
     study_uid: str
     modality: str
     sop_instance_uid: str
+    #: when it was acquired (``acquisition_date``), None if that cannot be told
+    acquired: date | None = None
+
+
+def acquisition_date(values: Iterable[bytes | str | None]) -> date | None:
+    """The date of the first value (in ``DATES`` order) of at least 8 characters, as
+    YYYYMMDD; None if there is none or it is not a date. A hint only: never raises."""
+    for value in values:
+        try:
+            text = (value.decode("ascii") if isinstance(value, bytes) else value or "").strip("\0 ")
+            if len(text) >= 8:
+                return datetime.strptime(text[:8], "%Y%m%d").date()
+        except ValueError:  # not ASCII, or not a date: the study's age is not known
+            return None
+    return None
 
 
 class Syntax(NamedTuple):
@@ -323,17 +345,23 @@ def walk(src: Source, syntax: Syntax, first: bytes = b"", start: int = 0) -> Hea
     try:
         cur = _start(src, syntax, first, start)
         values: dict[int, str] = {}
-        for element in elements(
-            cur, syntax.explicit, order, keep=frozenset(WANTED), stop=(0, STUDY_UID)
-        ):
+        dates: dict[int, bytes | None] = {}
+        for element in elements(cur, syntax.explicit, order, keep=_KEEP, stop=(0, STUDY_UID)):
             if element.tag in WANTED:
                 values[element.tag] = _text(element)  # the last one wins, as in pydicom
+            elif element.tag in _DATE_TAGS:
+                dates[element.tag] = element.value  # read as it is: a hint, never a failure
     except (Unreadable, UnicodeDecodeError):
         return None
     study = values.get(STUDY_UID, "")
     if not study:
         return None
-    return Header(study, values.get(MODALITY, "").upper(), values.get(SOP_INSTANCE, ""))
+    return Header(
+        study,
+        values.get(MODALITY, "").upper(),
+        values.get(SOP_INSTANCE, ""),
+        acquisition_date(dates.get(tag) for tag in DATES),
+    )
 
 
 def read(data: bytes, limits: InflateLimits | None = None) -> Header | None:

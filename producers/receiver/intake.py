@@ -207,6 +207,7 @@ def _parse(fp: Any, *, complete: bool) -> Header | None:
         study_uid,
         str(ds.get("Modality", "") or "").strip().upper(),
         str(ds.get("SOPInstanceUID", "") or "").strip(),
+        header.acquisition_date(str(ds.get(keyword) or "") for keyword in header.DATE_KEYWORDS),
     )
 
 

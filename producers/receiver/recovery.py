@@ -28,12 +28,13 @@ PENDING = ("spooled", "batched", "uploaded")
 # again revive it as a new ``spooled`` instance instead of being taken for a duplicate.
 _RECORD = """
 INSERT INTO instances (study_key, instance_key, sha256, size, path, modality, received_at,
-    calling_ae, move_originator)
-VALUES (?,?,?,?,?,?,?,?,?)
+    calling_ae, move_originator, acquired_days)
+VALUES (?,?,?,?,?,?,?,?,?,?)
 ON CONFLICT (instance_key, sha256) DO UPDATE SET
     study_key=excluded.study_key, size=excluded.size, path=excluded.path,
     modality=excluded.modality, received_at=excluded.received_at, state='spooled', batch_id=NULL,
-    calling_ae=excluded.calling_ae, move_originator=excluded.move_originator
+    calling_ae=excluded.calling_ae, move_originator=excluded.move_originator,
+    acquired_days=excluded.acquired_days
 WHERE instances.state='lost'
 """
 _KEY = re.compile(r"^[0-9a-f]{32}$")
@@ -156,9 +157,12 @@ def record_instance(
     received_at: float,
     calling_ae: str = "",
     move_originator: str = "",
+    acquired_days: int | None = None,
 ) -> bool:
     """Record an instance in the ledger (inside a transaction), reviving its ``lost`` row if
-    it had one, and count it in the totals; False if the same bytes are recorded already."""
+    it had one, and count it in the totals; False if the same bytes are recorded already.
+    ``acquired_days``: days from its acquisition to its arrival, None if not read at intake
+    (the relay then reads the file, ``acquired.acquired_on``)."""
     cur = db.execute(
         _RECORD,
         (
@@ -171,6 +175,7 @@ def record_instance(
             received_at,
             calling_ae,
             move_originator,
+            acquired_days,
         ),
     )
     if cur.rowcount != 1:

@@ -22,7 +22,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from .spool import Spool
 
 log = logging.getLogger(__name__)
 UPLOAD_THREADS = 4  # S3 PUTs in parallel (~125/s with one, ~175/s with four: MEASUREMENTS.md)
+UPLOAD_WINDOW = UPLOAD_THREADS + 2  # submitted at once: a thread never waits for the next PUT
 MAX_BACKOFF = 10.0
 UPLOAD_CHUNK = 16  # uploads recorded in the ledger together (one transaction)
 UPLOAD_IDLE = 0.1  # seconds between ledger polls when nothing awaits upload
@@ -117,7 +119,7 @@ class Relay:
                 if not self._bucket_ready:
                     self.store.ensure_bucket(self.bucket)
                     self._bucket_ready = True
-                uploaded = self.upload_pending()
+                uploaded = self.upload_pending(stop)
                 self.uploads_healthy = True
                 backoff = self.poll_seconds
                 if not uploaded:
@@ -132,14 +134,66 @@ class Relay:
             backoff = min(max(backoff * 2, 1.0), MAX_BACKOFF)
             stop.wait(backoff)
 
-    def upload_pending(self, limit: int = UPLOAD_THREADS * UPLOAD_CHUNK) -> int:
-        """Upload the oldest instances awaiting upload (at most ``limit``); returns how many
-        were uploaded or found lost."""
+    def upload_pending(self, stop: threading.Event | None = None) -> int:
+        """Upload what awaits upload, oldest first, until nothing does (or ``stop``); returns
+        how many were uploaded or found lost.
+
+        A window, not rounds: ``UPLOAD_WINDOW`` PUTs are kept submitted, a new one as each
+        finishes, so one slow PUT holds up no other (in rounds of 16 that waited for their
+        slowest, uploads ran at half this rate: ``bench/pipeline/RESULTS.md``). Progress is
+        recorded in the ledger every ``UPLOAD_CHUNK`` uploads (one transaction), so a crash or
+        an outage repeats only those. The first failure stops new PUTs; what is in flight
+        finishes and is recorded, then the failure is raised.
+        """
         code = self.trust.code
-        rows = self.spool.awaiting_upload(limit)
-        pending = [(iid, quarantine_key(code, s, i, h), path) for iid, s, i, h, path in rows]
-        lost = self._upload(pending)
-        return len(pending) if pending else lost
+        queue: deque[tuple[int, str, Path]] = deque()
+        in_flight: dict[Future[None], int] = {}
+        done: list[int] = []
+        handled = 0
+        failure: BaseException | None = None
+        refill_at = 0.0  # monotonic: when the ledger may be asked again after it had nothing
+        while True:
+            if failure is None and not (stop is not None and stop.is_set()):
+                if not queue and len(in_flight) < UPLOAD_WINDOW and time.monotonic() >= refill_at:
+                    busy = set(in_flight.values()) | set(done)
+                    rows = self.spool.awaiting_upload(len(busy) + UPLOAD_WINDOW * 4)
+                    fresh = [
+                        (iid, quarantine_key(code, s, i, h), path)
+                        for iid, s, i, h, path in rows
+                        if iid not in busy
+                    ]
+                    lost = self._mark_vanished(fresh)
+                    handled += len(lost)
+                    queue.extend(p for p in fresh if p[0] not in lost)
+                    if not queue:
+                        refill_at = time.monotonic() + UPLOAD_IDLE
+                while queue and len(in_flight) < UPLOAD_WINDOW:
+                    iid, key, path = queue.popleft()
+                    future = self._uploads.submit(self.store.put_file, self.bucket, key, path)
+                    in_flight[future] = iid
+            if not in_flight:
+                break
+            finished, _ = wait(in_flight, timeout=UPLOAD_IDLE, return_when=FIRST_COMPLETED)
+            for future in finished:
+                iid = in_flight.pop(future)
+                try:
+                    future.result()
+                    done.append(iid)
+                except BaseException as exc:  # noqa: BLE001 - the first failure is raised below
+                    failure = failure or exc
+            if len(done) >= UPLOAD_CHUNK or (done and not in_flight):
+                self.spool.mark_uploaded(done)
+                handled += len(done)
+                done = []
+        if done:
+            self.spool.mark_uploaded(done)
+            handled += len(done)
+        if isinstance(failure, FileNotFoundError):
+            # vanished while uploading: the next pass finds it missing and marks it lost
+            raise TransientError("a spool file is missing") from failure
+        if failure is not None:
+            raise failure
+        return handled
 
     def run(self, stop: threading.Event) -> None:
         """Step every ``poll_seconds``; after a failure, back off (up to MAX_BACKOFF) while the
@@ -184,8 +238,7 @@ class Relay:
         ):
             self.spool.open_batch(study_key)
         if self._uploader is None:  # stepped by hand (no upload thread): upload first
-            while self.upload_pending():
-                pass
+            self.upload_pending()
         announced = 0
         for batch_id, study_key, amendment in self.spool.open_batches():
             announced += self.announce(batch_id, study_key, amendment)
@@ -195,9 +248,9 @@ class Relay:
         """Announce a batch once every instance of it is uploaded (the upload thread puts
         them in quarantine, oldest first); False while some are still waiting."""
         code = self.trust.code
-        rows = self.spool.batch_instances(batch_id)
-        if any(state == "batched" for _inst, state in rows):
+        if self.spool.batch_waiting(batch_id):
             return False
+        rows = self.spool.batch_instances(batch_id)  # all uploaded: only this thread batches
         if not rows:  # every file of the batch was lost (counted): nothing to say
             self.spool.mark_published(batch_id, study_key)
             return True
@@ -224,7 +277,7 @@ class Relay:
             "origin": origin,
             "move_originators": sorted({i.move_originator for i, _ in rows if i.move_originator}),
             "acquired_days_before_arrival": days_before_arrival(
-                [(i.path, i.received_at) for i, _ in rows]
+                [(i.path, i.received_at, i.acquired_days) for i, _ in rows]
             ),
         }
         try:  # a storage contract: checked on write (and by the anonymiser on read)
@@ -279,41 +332,16 @@ class Relay:
             )
         return True
 
-    def _upload(self, pending: list[tuple[int, str, Path]]) -> int:
-        """Upload files, a few in parallel, recording progress per chunk: a crash or an outage
-        repeats only the chunk in flight; the first failure stops the batch.
-
-        A file that has vanished from an intact spool is marked lost (counted) and left out;
-        returns how many. Without that the batch, and every batch after it, would wait for it
-        forever (the object store reports a missing local file as an outage).
-        """
-        vanished = {str(path) for _iid, _key, path in pending if not path.exists()}
-        lost = 0
-        if vanished and self.spool.files.is_dir():  # else the spool itself is gone: wait
-            lost = self.spool.mark_lost(vanished)
-            metrics.FAILURES.labels(self.trust.code, "receive", "spool_file_lost").inc(lost)
-            pending = [p for p in pending if str(p[2]) not in vanished]
-        for start in range(0, len(pending), UPLOAD_CHUNK):
-            chunk = pending[start : start + UPLOAD_CHUNK]
-            futures = [
-                (iid, self._uploads.submit(self.store.put_file, self.bucket, key, path))
-                for iid, key, path in chunk
-            ]
-            done: list[int] = []
-            failure: BaseException | None = None
-            for iid, future in futures:
-                try:
-                    future.result()
-                    done.append(iid)
-                except BaseException as exc:  # noqa: BLE001 - the first failure is raised below
-                    failure = failure or exc
-            self.spool.mark_uploaded(done)
-            if isinstance(failure, FileNotFoundError):
-                # vanished while uploading: the next step finds it missing and marks it lost
-                raise TransientError("a spool file is missing") from failure
-            if failure is not None:
-                raise failure
-        return lost
+    def _mark_vanished(self, pending: list[tuple[int, str, Path]]) -> set[int]:
+        """Ids of the files that have vanished from an intact spool, marked lost (counted) so
+        that they are left out; without that the batch, and every batch after it, would wait
+        for them forever (the object store reports a missing local file as an outage)."""
+        vanished = {iid: str(path) for iid, _key, path in pending if not path.exists()}
+        if not vanished or not self.spool.files.is_dir():  # else the spool itself is gone: wait
+            return set()
+        lost = self.spool.mark_lost(set(vanished.values()))
+        metrics.FAILURES.labels(self.trust.code, "receive", "spool_file_lost").inc(lost)
+        return set(vanished)
 
     def prune_ledger(self, now: float | None = None) -> int:
         """Forget what was published more than the trust's ``ledger_retention_days`` ago

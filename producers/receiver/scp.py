@@ -264,6 +264,7 @@ class StoreSCP:
                 high_water=high_water,
                 calling_ae=calling_ae,
                 move_originator=command.move_originator,
+                acquired=header.acquired,
             )
             received.adopted = True
         except SpoolFull as exc:

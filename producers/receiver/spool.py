@@ -28,6 +28,7 @@ import time
 import uuid
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 
 from smartbox.sqlite import WriterLock, immediate
@@ -51,6 +52,8 @@ CREATE TABLE IF NOT EXISTS instances (
     batch_id TEXT,
     calling_ae TEXT NOT NULL DEFAULT '',
     move_originator TEXT NOT NULL DEFAULT '',
+    -- days from acquisition to arrival, read from the header at intake (NULL: not known then)
+    acquired_days INTEGER,
     UNIQUE (instance_key, sha256)
 );
 CREATE INDEX IF NOT EXISTS instances_state ON instances (state, study_key);
@@ -107,6 +110,8 @@ class SpooledInstance:
     calling_ae: str = ""
     #: the Move Originator AE Title of its C-STORE: "" when pushed, set when retrieved (C-MOVE)
     move_originator: str = ""
+    #: days from its acquisition to its arrival, as read at intake (None: read the file)
+    acquired_days: int | None = None
 
 
 class Spool(SpoolRecovery):
@@ -141,6 +146,8 @@ class Spool(SpoolRecovery):
                 db.execute(
                     "ALTER TABLE instances ADD COLUMN move_originator TEXT NOT NULL DEFAULT ''"
                 )
+            if "acquired_days" not in columns:  # a ledger from before intake read the date
+                db.execute("ALTER TABLE instances ADD COLUMN acquired_days INTEGER")
         self._study_dirs: set[str] = set()
 
     def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
@@ -189,8 +196,11 @@ class Spool(SpoolRecovery):
         high_water: int,
         calling_ae: str = "",
         move_originator: str = "",
+        acquired: date | None = None,
     ) -> bool:
         """Move an fsync'd file from ``tmp/`` into place and record it, durably.
+        ``acquired``: its acquisition date, if the header told it (only the days from it to
+        the arrival are kept).
 
         Returns False if the same bytes were already recorded (a concurrent duplicate).
         Raises SpoolFull past the high-water mark, OSError on a disk fault.
@@ -222,6 +232,11 @@ class Spool(SpoolRecovery):
                     received_at=now,
                     calling_ae=calling_ae,
                     move_originator=move_originator,
+                    acquired_days=(
+                        None
+                        if acquired is None
+                        else (datetime.fromtimestamp(now).date() - acquired).days
+                    ),
                 )
         except BaseException:
             path.unlink(missing_ok=True)  # never acknowledged: the sender keeps its copy
@@ -283,17 +298,29 @@ class Spool(SpoolRecovery):
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, study_key, instance_key, sha256, size, path, modality, received_at,"
-                " calling_ae, move_originator, state FROM instances"
+                " calling_ae, move_originator, acquired_days, state FROM instances"
                 " WHERE batch_id=? AND state<>'lost' ORDER BY id",
                 (batch_id,),
             ).fetchall()
         return [
             (
-                SpooledInstance(r[0], r[1], r[2], r[3], r[4], Path(r[5]), r[6], r[7], r[8], r[9]),
-                r[10],
+                SpooledInstance(
+                    r[0], r[1], r[2], r[3], r[4], Path(r[5]), r[6], r[7], r[8], r[9], r[10]
+                ),
+                r[11],
             )
             for r in rows
         ]
+
+    def batch_waiting(self, batch_id: str) -> bool:
+        """Whether an instance of the batch still awaits upload (one indexed probe: the relay
+        asks every poll, and reads the batch's rows only once they are all uploaded)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM instances WHERE batch_id=? AND state='batched' LIMIT 1",
+                (batch_id,),
+            ).fetchone()
+        return row is not None
 
     def awaiting_upload(self, limit: int) -> list[tuple[int, str, str, str, Path]]:
         """(id, study_key, instance_key, sha256, path) of the oldest instances not yet in

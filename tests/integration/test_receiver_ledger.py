@@ -58,6 +58,13 @@ def test_manifest_names_the_calling_ae_and_the_age_of_the_study_on_arrival(
             (tuple(m["calling_aes"]), m["acquired_days_before_arrival"]) for m in manifests(r)
         )
         assert got == [(("ARCHIVE_AE",), 400), ((CALLER,), 0)]
+        # read from the header at intake and kept as days: the relay read no file for them
+        db = sqlite3.connect(r.service.spool.root / "ledger.sqlite3")
+        try:
+            days = sorted(row[0] for row in db.execute("SELECT acquired_days FROM instances"))
+        finally:
+            db.close()
+        assert days == [0, 0, 0, 400, 400, 400]
     finally:
         r.close()
 

@@ -11,6 +11,7 @@ import tempfile
 import warnings
 import zlib
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from producers.receiver import dimse, header, intake
+from producers.receiver import acquired, dimse, header, intake
 from producers.receiver.header import UNDEFINED, BytesSource, Layout
 from smartbox.errors import ConfigError
 from smartbox.inflate import (
@@ -316,3 +317,66 @@ def test_inflate_limits_come_from_the_trust_file() -> None:
     ):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             parse_trust(Path("ABC.toml"), {**raw, **bad})
+
+
+# --- the acquisition date, read at intake for the export's fairness ----------------------------
+def _intake(data: bytes) -> header.Header | None:
+    with tempfile.TemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return intake.read_file(
+                f.fileno(), len(data), data[: intake.HEAD_BYTES], InflateLimits()
+            )
+
+
+def test_the_acquisition_date_read_at_intake_is_the_one_pydicom_reads() -> None:
+    """For pydicom's test files and the receiver's copies of them, the date intake records
+    (Acquisition, else Content, Series, Study Date) is the one the relay's pydicom reading of
+    the spool file gives (``acquired.acquired_on``), wherever that one is known."""
+    compared = dated = 0
+    for name, data in _bundled():
+        found = _intake(data)
+        if found is None:
+            continue
+        with tempfile.NamedTemporaryFile(suffix=".dcm") as f:
+            f.write(data)
+            f.flush()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                expected = acquired.acquired_on(Path(f.name))
+        if expected is None:
+            continue  # deflated, a date beyond the first 64 KiB, or none: not comparable
+        compared += 1
+        assert found.acquired == expected, name
+        dated += 1
+    assert compared > 100 and dated == compared
+
+
+@pytest.mark.parametrize(
+    "syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian]
+)
+def test_the_acquisition_date_prefers_acquisition_then_content_series_study(syntax: str) -> None:
+    def read(**dates: str) -> Any:
+        ds = make_ct_study(12, series=1, per_series=1).datasets[0]
+        for keyword in header.DATE_KEYWORDS:
+            if keyword in ds:
+                delattr(ds, keyword)
+        for keyword, value in dates.items():
+            setattr(ds, keyword, value)
+        enc = db.Encoding.of(syntax)
+        dataset = db.encode_dataset(ds, enc)
+        found = _intake(_wire(syntax, db.deflate(dataset) if enc.deflated else dataset))
+        assert found is not None and found.study_uid == ds.StudyInstanceUID
+        return found.acquired
+
+    assert read(StudyDate="20200102", SeriesDate="20200103") == date(2020, 1, 3)
+    assert read(StudyDate="20200102", ContentDate="20200104", AcquisitionDate="") == date(
+        2020, 1, 4
+    )
+    assert read(AcquisitionDate="20200105", ContentDate="20200104") == date(2020, 1, 5)
+    # not a date where one is expected: the study's age is not known (never a guess)
+    assert read(AcquisitionDate="2020-1-05", StudyDate="20200102") is None
+    assert read(AcquisitionDate="20201305", StudyDate="20200102") is None
+    assert read() is None
