@@ -43,8 +43,10 @@ class ObjectStore(Protocol):
         """Store ``data`` durably under ``key`` (overwriting): returns only once durable.
         ``sha256``: the data's digest when the caller has it (not computed again)."""
 
-    def put_file(self, bucket: str, key: str, path: Path) -> None:
-        """Store a local file's content under ``key``, streamed (large files stay off the heap)."""
+    def put_file(self, bucket: str, key: str, path: Path, *, sha256: str | None = None) -> None:
+        """Store a local file's content under ``key``, streamed (large files stay off the heap).
+        ``sha256``: the digest the file had when written, if the caller has it (not computed
+        again); the file is stored as it is even if it no longer matches."""
 
     def get_bytes(self, bucket: str, key: str) -> bytes:
         """Whole object; NotFound if absent."""
@@ -266,7 +268,7 @@ class LocalStore(_LocalConditional):
         except OSError as exc:
             raise TransientError(f"local store write failed: {exc.strerror}") from exc
 
-    def put_file(self, bucket: str, key: str, path: Path) -> None:
+    def put_file(self, bucket: str, key: str, path: Path, *, sha256: str | None = None) -> None:
         self.put_bytes(bucket, key, path.read_bytes())
 
     def get_bytes(self, bucket: str, key: str) -> bytes:

@@ -35,10 +35,10 @@ stop, released = threading.Event(), threading.Event()
 class HeldStore(LocalStore):
     # storescp and Orthanc upload nothing: unless told to, the relay's uploads to quarantine
     # (a second durable copy of every instance, here on the same disk) wait until the end
-    def put_file(self, bucket, key, path):
+    def put_file(self, bucket, key, path, **kwargs):
         if not uploads:
             released.wait()
-        super().put_file(bucket, key, path)
+        super().put_file(bucket, key, path, **kwargs)
 
 def on_term(*_):
     released.set()

@@ -2,8 +2,9 @@
 
 The upload thread puts each instance in quarantine as soon as it is in the ledger (oldest
 first, across every study of the trust, ``UPLOAD_THREADS`` PUTs in parallel over one warm
-connection pool), so the uploads overlap with receiving and a study's bytes are mostly in
-quarantine by the time it goes quiet. The relay thread batches a study once it has been quiet
+connection pool, a new one as each finishes; the digest intake recorded is signed as the
+payload's, not computed again), so the uploads overlap with receiving and a study's bytes are
+mostly in quarantine by the time it goes quiet. The relay thread batches a study once it has been quiet
 for ``quiet_seconds`` (or its oldest pending instance has waited ``max_wait_seconds``); when
 every instance of the batch is uploaded it writes the batch manifest, publishes
 ``study.arrived`` (in chunks of at most ``announce_chunk_instances`` instances, one message
@@ -146,7 +147,7 @@ class Relay:
         finishes and is recorded, then the failure is raised.
         """
         code = self.trust.code
-        queue: deque[tuple[int, str, Path]] = deque()
+        queue: deque[tuple[int, str, Path, str]] = deque()
         in_flight: dict[Future[None], int] = {}
         done: list[int] = []
         handled = 0
@@ -158,7 +159,7 @@ class Relay:
                     busy = set(in_flight.values()) | set(done)
                     rows = self.spool.awaiting_upload(len(busy) + UPLOAD_WINDOW * 4)
                     fresh = [
-                        (iid, quarantine_key(code, s, i, h), path)
+                        (iid, quarantine_key(code, s, i, h), path, h)
                         for iid, s, i, h, path in rows
                         if iid not in busy
                     ]
@@ -168,8 +169,11 @@ class Relay:
                     if not queue:
                         refill_at = time.monotonic() + UPLOAD_IDLE
                 while queue and len(in_flight) < UPLOAD_WINDOW:
-                    iid, key, path = queue.popleft()
-                    future = self._uploads.submit(self.store.put_file, self.bucket, key, path)
+                    iid, key, path, digest = queue.popleft()
+                    # the digest from intake is signed as the payload's: not hashed again
+                    future = self._uploads.submit(
+                        self.store.put_file, self.bucket, key, path, sha256=digest
+                    )
                     in_flight[future] = iid
             if not in_flight:
                 break
@@ -332,11 +336,11 @@ class Relay:
             )
         return True
 
-    def _mark_vanished(self, pending: list[tuple[int, str, Path]]) -> set[int]:
+    def _mark_vanished(self, pending: list[tuple[int, str, Path, str]]) -> set[int]:
         """Ids of the files that have vanished from an intact spool, marked lost (counted) so
         that they are left out; without that the batch, and every batch after it, would wait
         for them forever (the object store reports a missing local file as an outage)."""
-        vanished = {iid: str(path) for iid, _key, path in pending if not path.exists()}
+        vanished = {iid: str(path) for iid, _key, path, _sha in pending if not path.exists()}
         if not vanished or not self.spool.files.is_dir():  # else the spool itself is gone: wait
             return set()
         lost = self.spool.mark_lost(set(vanished.values()))

@@ -5,6 +5,7 @@ SCP worker's memory bounded)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 import socket
@@ -233,6 +234,28 @@ def test_a_spool_file_vanishing_while_running_is_lost_then_resent(tmp_path: Path
         wait_for(lambda: r.arrived_count() == 3, 30, "the resent instance announced")
         assert dataset_bytes(lost) in _stored(r)
         assert [m["body"]["amendment"] for m in r.arrived()] == [False, True]
+
+
+def test_a_spool_file_damaged_before_its_upload_still_reaches_quarantine(tmp_path: Path) -> None:
+    """The relay signs the digest intake recorded instead of hashing the file again; a file
+    damaged since is uploaded as it is, under its recorded key (MinIO and AWS refuse the
+    digest first and it is sent again hashed: ``test_s3_known_digest``), so that its study is
+    announced and the anonymiser's verified read holds that one instance back."""
+    files = make_ct_study(63, series=1, per_series=3).write(tmp_path / "send")
+    with local_receiver(tmp_path / "rx", quiet_seconds=1) as r:
+        gate = threading.Event()
+        r.service.relay.store = HeldUploads(r.service.relay.store, gate)
+        assert send_files(r.host, r.port, r.trust.ae_title, files).statuses == [0] * 3
+        victim = _victim(r)
+        original = victim.read_bytes()
+        damaged = original[:-16] + bytes(b ^ 0xFF for b in original[-16:])
+        victim.write_bytes(damaged)  # same size, other bytes: bit rot on the spool's disk
+        gate.set()
+        wait_for(lambda: r.arrived_count() == 3, 30, "the study announced, all three")
+        stored = r.quarantine()
+        assert damaged in stored.values() and original not in stored.values()
+        (key,) = [k for k, v in stored.items() if v == damaged]
+        assert hashlib.sha256(original).hexdigest()[:16] in key  # the digest intake recorded
 
 
 def _bomb_file(path: Path, prefix: bytes, zeros: int, suffix: bytes = b"") -> Path:
