@@ -4,14 +4,14 @@ The upload thread puts each instance in quarantine as soon as it is in the ledge
 first, across every study of the trust, ``UPLOAD_THREADS`` PUTs in parallel over one warm
 connection pool, a new one as each finishes; the digest intake recorded is signed as the
 payload's, not computed again), so the uploads overlap with receiving and a study's bytes are
-mostly in quarantine by the time it goes quiet. The relay thread batches a study once it has been quiet
-for ``quiet_seconds`` (or its oldest pending instance has waited ``max_wait_seconds``); when
-every instance of the batch is uploaded it writes the batch manifest, publishes
-``study.arrived`` (in chunks of at most ``announce_chunk_instances`` instances, one message
-each, so that several anonymisers share a big study) and, once every message is confirmed,
-deletes the spool files. Every step is repeatable (content-addressed keys, the ledger records
-progress), so a crash or an outage repeats work and never skips it. Instances that arrive
-after a study was announced form a new batch marked ``amendment``.
+mostly in quarantine by the time it goes quiet. The relay thread batches a study once it has
+been quiet for ``quiet_seconds`` (or its oldest pending instance has waited
+``max_wait_seconds``); when every instance of the batch is uploaded it writes the batch
+manifest, publishes ``study.arrived`` (in chunks of at most ``announce_chunk_instances``
+instances, one message each, so that several anonymisers share a big study) and, once every
+message is confirmed, deletes the spool files. Every step is repeatable (content-addressed
+keys, the ledger records progress), so a crash or an outage repeats work and never skips it.
+Instances that arrive after a study was announced form a new batch marked ``amendment``.
 
 Back-pressure shows before the spool's high-water mark: the instances and bytes awaiting
 upload and the age of the oldest of them are gauges (``smartbox_receiver_upload_backlog_*``,
@@ -24,9 +24,10 @@ import logging
 import threading
 import time
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from queue import Empty, SimpleQueue
 from typing import Any
 
 import schemas
@@ -50,6 +51,19 @@ PRUNE_EVERY = 600.0  # seconds between ledger prunes (the first one at start)
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _take(finished: SimpleQueue[Future[None]], timeout: float) -> list[Future[None]]:
+    """What has finished: waits up to ``timeout`` for the first, then takes what else has."""
+    try:
+        out = [finished.get(timeout=timeout)]
+    except Empty:
+        return []
+    while True:
+        try:
+            out.append(finished.get_nowait())
+        except Empty:
+            return out
 
 
 def chunks(total: int, size: int) -> list[tuple[int, int]]:
@@ -149,6 +163,7 @@ class Relay:
         code = self.trust.code
         queue: deque[tuple[int, str, Path, str]] = deque()
         in_flight: dict[Future[None], int] = {}
+        finished: SimpleQueue[Future[None]] = SimpleQueue()  # each PUT's future, once done
         done: list[int] = []
         handled = 0
         failure: BaseException | None = None
@@ -175,10 +190,10 @@ class Relay:
                         self.store.put_file, self.bucket, key, path, sha256=digest
                     )
                     in_flight[future] = iid
+                    future.add_done_callback(finished.put)
             if not in_flight:
                 break
-            finished, _ = wait(in_flight, timeout=UPLOAD_IDLE, return_when=FIRST_COMPLETED)
-            for future in finished:
+            for future in _take(finished, UPLOAD_IDLE):
                 iid = in_flight.pop(future)
                 try:
                     future.result()
