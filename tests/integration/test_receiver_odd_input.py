@@ -12,6 +12,8 @@ import socket
 import struct
 import subprocess
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -214,17 +216,25 @@ class HeldUploads:
         return getattr(self._store, name)
 
 
-def test_a_spool_file_vanishing_while_running_is_lost_then_resent(tmp_path: Path) -> None:
-    """Without a restart: the relay finds the file gone, marks it lost and announces the rest
-    (instead of waiting for it forever); the resend is stored and announced."""
-    files = make_ct_study(62, series=1, per_series=3).write(tmp_path / "send")
-    with local_receiver(tmp_path / "rx", quiet_seconds=3) as r:
-        # the relay uploads while a study arrives: hold its uploads (the object store slow to
-        # answer) so that the file vanishes before its upload, as it could on a real box
+@contextmanager
+def _held_study(
+    tmp_path: Path, seed: int, *, quiet_seconds: float
+) -> Iterator[tuple[LocalReceiver, list[Path], threading.Event, Path]]:
+    """A study of 3 received with the relay's uploads held (the object store slow to answer),
+    so that a spool file can be changed before its upload, as it could be on a real box:
+    (receiver, the files sent, the gate that releases the uploads, one spool file)."""
+    files = make_ct_study(seed, series=1, per_series=3).write(tmp_path / "send")
+    with local_receiver(tmp_path / "rx", quiet_seconds=quiet_seconds) as r:
         gate = threading.Event()
         r.service.relay.store = HeldUploads(r.service.relay.store, gate)
         assert send_files(r.host, r.port, r.trust.ae_title, files).statuses == [0] * 3
-        victim = _victim(r)
+        yield r, files, gate, _victim(r)
+
+
+def test_a_spool_file_vanishing_while_running_is_lost_then_resent(tmp_path: Path) -> None:
+    """Without a restart: the relay finds the file gone, marks it lost and announces the rest
+    (instead of waiting for it forever); the resend is stored and announced."""
+    with _held_study(tmp_path, 62, quiet_seconds=3) as (r, files, gate, victim):
         lost = _source_of(victim, files)
         victim.unlink()  # inside the quiet period and before its upload
         gate.set()
@@ -241,12 +251,7 @@ def test_a_spool_file_damaged_before_its_upload_still_reaches_quarantine(tmp_pat
     damaged since is uploaded as it is, under its recorded key (MinIO and AWS refuse the
     digest first and it is sent again hashed: ``test_s3_known_digest``), so that its study is
     announced and the anonymiser's verified read holds that one instance back."""
-    files = make_ct_study(63, series=1, per_series=3).write(tmp_path / "send")
-    with local_receiver(tmp_path / "rx", quiet_seconds=1) as r:
-        gate = threading.Event()
-        r.service.relay.store = HeldUploads(r.service.relay.store, gate)
-        assert send_files(r.host, r.port, r.trust.ae_title, files).statuses == [0] * 3
-        victim = _victim(r)
+    with _held_study(tmp_path, 63, quiet_seconds=1) as (r, _files, gate, victim):
         original = victim.read_bytes()
         damaged = original[:-16] + bytes(b ^ 0xFF for b in original[-16:])
         victim.write_bytes(damaged)  # same size, other bytes: bit rot on the spool's disk
