@@ -147,21 +147,13 @@ class S3Store:
         minio), so a damaged spool file still reaches quarantine, where the anonymiser's
         verified read holds it back instead of its study waiting for it."""
         check_key(key)
-        if sha256 is None or not KNOWN_DIGEST:
-            self._call(
-                f"put {bucket}/{key}",
-                lambda: self._client.fput_object(bucket, key, str(path), part_size=_PART),
-            )
-            return
 
         def run() -> None:
-            with open(path, "rb") as f:
-                data = f.read(_PART + 1)
-                if len(data) > _PART:  # multipart: minio hashes each part
-                    f.seek(0)
-                    size = os.fstat(f.fileno()).st_size
-                    self._client.put_object(bucket, key, f, size, part_size=_PART)
-                    return
+            if sha256 is None or not KNOWN_DIGEST or os.stat(path).st_size > _PART:
+                # streamed, hashed by minio (a multipart upload hashes each part)
+                self._client.fput_object(bucket, key, str(path), part_size=_PART)
+                return
+            data = path.read_bytes()
             try:
                 self._client._put_object(bucket, key, data, headers=_known_headers(sha256))
             except S3Error as exc:
