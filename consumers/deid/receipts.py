@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -68,10 +69,27 @@ def add_receipts(
     """Patient Identity Removed, De-identification Method (+ code sequence), and
     Longitudinal Temporal Information Modified. `mask_rule`: the name of the mask rule
     that blanked burned-in text ("" for an unnamed rule; None when not masked);
-    `bits_cleared`: samples whose bits outside Bits Stored were cleared."""
-    # elements set by tag: setting attributes by keyword costs a dictionary look-up each,
-    # and this runs for every instance
-    ds[0x00120062] = DataElement(0x00120062, "CS", "YES")  # Patient Identity Removed
+    `bits_cleared`: samples whose bits outside Bits Stored were cleared.
+
+    The elements are the same for every instance of a policy, so they are built once per
+    set of arguments (``_receipts``) and the same element objects go into every output:
+    nothing downstream changes them (the writer and the gate only read; ``names.clean_names``
+    leaves our own texts alone), and ``tests/unit/deid/test_receipts.py`` checks that outputs
+    do not share what they should not."""
+    # by tag, straight into the dataset: setting attributes by keyword costs a dictionary
+    # look-up each, and this runs for every instance
+    for tag, elem in _receipts(options, key_version, date_mode, mask_rule, bits_cleared):
+        ds[tag] = elem
+
+
+@lru_cache(maxsize=256)
+def _receipts(
+    options: frozenset[str],
+    key_version: str,
+    date_mode: str,
+    mask_rule: str | None,
+    bits_cleared: int,
+) -> tuple[tuple[int, DataElement], ...]:
     method = [
         f"SMARTBOX DEID {CODE_VERSION}",
         f"{TABLE_EDITION} E.1-1",
@@ -81,7 +99,6 @@ def add_receipts(
         method.append(f"PIXELS MASKED {mask_rule}".strip()[:64])
     if bits_cleared:
         method.append(f"OVERLAY BITS CLEARED {bits_cleared}")
-    ds[0x00120063] = DataElement(0x00120063, "LO", method)  # De-identification Method
     items = []
     for value, meaning in method_codes(options, mask_rule is not None):
         item = Dataset()
@@ -89,7 +106,11 @@ def add_receipts(
         item[0x00080102] = DataElement(0x00080102, "SH", "DCM")  # Coding Scheme Designator
         item[0x00080104] = DataElement(0x00080104, "LO", meaning)  # Code Meaning
         items.append(item)
-    ds[0x00120064] = DataElement(0x00120064, "SQ", Sequence(items))
-    ds[0x00280303] = DataElement(  # Longitudinal Temporal Information Modified
-        0x00280303, "CS", {"shift": "MODIFIED", "keep": "UNMODIFIED", "empty": "REMOVED"}[date_mode]
+    longitudinal = {"shift": "MODIFIED", "keep": "UNMODIFIED", "empty": "REMOVED"}[date_mode]
+    return (
+        (0x00120062, DataElement(0x00120062, "CS", "YES")),  # Patient Identity Removed
+        (0x00120063, DataElement(0x00120063, "LO", method)),  # De-identification Method
+        (0x00120064, DataElement(0x00120064, "SQ", Sequence(items))),  # its code sequence
+        # Longitudinal Temporal Information Modified
+        (0x00280303, DataElement(0x00280303, "CS", longitudinal)),
     )
