@@ -85,6 +85,17 @@ UPLOAD_LAG = Gauge(
     "Age of the oldest instance not yet uploaded to quarantine (0: none waiting)",
     ["trust"],
 )
+INTAKE_PACE = Gauge(
+    "smartbox_receiver_intake_pace_seconds",
+    "How long each C-STORE response is held back while uploads to quarantine lag behind and "
+    "progress (0: not paced; producers/receiver/pace.py)",
+    ["trust"],
+)
+PACED_SECONDS = Counter(
+    "smartbox_receiver_paced_seconds_total",
+    "Time C-STORE responses were held back by intake pacing (senders slowed to the upload rate)",
+    ["trust"],
+)
 LEDGER_PRUNED = Counter(
     "smartbox_receiver_ledger_pruned_total",
     "Ledger rows of published instances forgotten after ledger_retention_days",
@@ -358,6 +369,7 @@ TRUST_SERIES: dict[str, tuple[_Labelled, ...]] = {
         RELAY_RETRIES,
         STUDY_COMPLETION,
         PROBE_INSTANCES_RECEIVED,
+        PACED_SECONDS,
     ),
     "anonymise": (INSTANCES_STAGED, STUDIES_STAGED, NHS_FALLBACK),
     "export": (

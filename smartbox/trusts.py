@@ -24,6 +24,7 @@ from .inflate import DEFAULT_MAX_INFLATE_RATIO, DEFAULT_MAX_INFLATED_BYTES
 TRUST_CODE_RE = re.compile(r"^[A-Z0-9]{2,8}$")
 AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII except backslash
 
+
 @dataclass(frozen=True)
 class TlsConfig:
     """DICOM TLS for one trust's receiver."""
@@ -84,6 +85,10 @@ class TrustConfig:
     #: at most this many instances per ``study.arrived`` message: a big study is announced in
     #: chunks that several anonymisers process side by side (one study manifest all the same)
     announce_chunk_instances: int = 200
+    #: upload lag (s) past which C-STORE responses are held back a little while uploads to
+    #: quarantine make progress, so senders slow to what the box uploads
+    #: (``producers.receiver.pace``); None: the default (``pace.lag_target``), 0: never
+    intake_pace_lag_seconds: float | None = None
 
     def caller_allowed(self, calling_ae: str, address: str | None) -> tuple[bool, str]:
         """Whether a source address and calling AE title may associate; and why not.
@@ -129,6 +134,7 @@ _TRUST_KEYS = {
     "backfill",
     "backfill_callers",
     "announce_chunk_instances",
+    "intake_pace_lag_seconds",
     "prospective_max_age_days",
     "retrieve",
 }
@@ -227,6 +233,11 @@ def parse_trust(path: Path, raw: Mapping[str, Any]) -> TrustConfig:
     backfill = raw.get("backfill", False)
     if not isinstance(backfill, bool):
         raise _fail(path, "backfill", "true or false")
+    pace_lag = (
+        _number(path, raw, "intake_pace_lag_seconds", 0, 0, 86400)
+        if "intake_pace_lag_seconds" in raw
+        else None
+    )
     retrieve = raw.get("retrieve", {})
     if not isinstance(retrieve, dict):
         # its keys are checked by producers.retrieve.config (check-config and smartbox cohort)
@@ -269,6 +280,7 @@ def parse_trust(path: Path, raw: Mapping[str, Any]) -> TrustConfig:
         prospective_max_age_days=_number(path, raw, "prospective_max_age_days", 30, 0, 36500),
         retrieve=dict(retrieve),
         announce_chunk_instances=_integer(path, raw, "announce_chunk_instances", 200, 1, 100000),
+        intake_pace_lag_seconds=pace_lag,
     )
 
 

@@ -15,7 +15,9 @@ Instances that arrive after a study was announced form a new batch marked ``amen
 
 Back-pressure shows before the spool's high-water mark: the instances and bytes awaiting
 upload and the age of the oldest of them are gauges (``smartbox_receiver_upload_backlog_*``,
-``smartbox_receiver_upload_lag_seconds``) with an alert in ``deploy/prometheus``.
+``smartbox_receiver_upload_lag_seconds``) with an alert in ``deploy/prometheus``; and while the
+uploads lag behind but progress, it reaches the senders: every poll the relay sets the intake
+pace (``pace.py``), how long the SCP holds back each C-STORE response.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +41,7 @@ from smartbox.store import ObjectStore, put_json
 from smartbox.trusts import TrustConfig
 
 from .acquired import days_before_arrival
+from .pace import IntakePace, lag_target
 from .spool import Spool
 
 log = logging.getLogger(__name__)
@@ -105,6 +109,11 @@ class Relay:
         self._uploads = ThreadPoolExecutor(
             UPLOAD_THREADS, thread_name_prefix=f"upload-{trust.code}"
         )
+        #: uploads finished (or found lost) since start: the pacing's measure of progress
+        self.uploaded_total = 0
+        self.pace = IntakePace(lag_target(trust.quiet_seconds, trust.intake_pace_lag_seconds))
+        #: told each new pace (s per C-STORE response): the SCP, or its worker processes
+        self.on_pace: Callable[[float], None] | None = None
 
     @property
     def healthy(self) -> bool:
@@ -203,10 +212,12 @@ class Relay:
             if len(done) >= UPLOAD_CHUNK or (done and not in_flight):
                 self.spool.mark_uploaded(done)
                 handled += len(done)
+                self.uploaded_total += len(done)
                 done = []
         if done:
             self.spool.mark_uploaded(done)
             handled += len(done)
+            self.uploaded_total += len(done)
         if isinstance(failure, FileNotFoundError):
             # vanished while uploading: the next pass finds it missing and marks it lost
             raise TransientError("a spool file is missing") from failure
@@ -385,6 +396,17 @@ class Relay:
         metrics.SPOOL_HIGH_WATER.labels(code).set(self.trust.spool_high_water_bytes)
         metrics.OLDEST_UNPUBLISHED.labels(code).set(time.time() - oldest if oldest else 0)
         files, size, oldest = self.spool.upload_backlog()
+        lag = time.time() - oldest if oldest else 0.0
         metrics.UPLOAD_BACKLOG.labels(code).set(files)
         metrics.UPLOAD_BACKLOG_BYTES.labels(code).set(size)
-        metrics.UPLOAD_LAG.labels(code).set(time.time() - oldest if oldest else 0)
+        metrics.UPLOAD_LAG.labels(code).set(lag)
+        self.update_pace(lag)
+
+    def update_pace(self, lag: float) -> None:
+        """The intake pace from the upload lag now (``pace.IntakePace``), passed on when it
+        changes."""
+        before = self.pace.pace
+        pace = self.pace.update(lag, self.uploaded_total, time.monotonic())
+        metrics.INTAKE_PACE.labels(self.trust.code).set(pace)
+        if pace != before and self.on_pace is not None:
+            self.on_pace(pace)

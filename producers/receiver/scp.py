@@ -17,6 +17,7 @@ import logging
 import re
 import socket
 import ssl
+import time
 from pathlib import Path
 
 from pydicom.uid import (
@@ -143,6 +144,9 @@ class StoreSCP:
         self.key = key
         self.max_pdu = trust.max_pdu
         self.acceptor = acceptor_for(trust)
+        #: how long each stored instance's response is held back (s; ``pace.py``): set by
+        #: the relay's pacing, in this process or through the worker's control socket
+        self.pace = 0.0
         self.server: Listener | None = None
         self._study_keys: dict[str, str] = {}
         self._inflate_limits = InflateLimits(trust.max_inflated_bytes, trust.max_inflate_ratio)
@@ -226,6 +230,10 @@ class StoreSCP:
             log.exception("%s: C-STORE failed unexpectedly", self.trust.code)
             status = OUT_OF_RESOURCES
         metrics.CSTORE_STATUS.labels(self.trust.code, status_label(status)).inc()
+        pace = self.pace
+        if pace > 0 and status == SUCCESS:  # durable already: only the answer waits
+            time.sleep(pace)
+            metrics.PACED_SECONDS.labels(self.trust.code).inc(pace)
         return status
 
     def _store(self, command: Command, received: SpoolTempFile, calling_ae: str) -> int:

@@ -118,6 +118,7 @@ class ReceiverService:
                 self.trust, self.spool.root, self.key, self._socket, self.workers
             )
             self.pool.start()
+        self.relay.on_pace = self._set_pace
         self.relay.start(stop)
         log.info(
             "receiver %s (%s) listening on %s:%d as AE %s (%s)",
@@ -129,6 +130,13 @@ class ReceiverService:
             f"{self.workers} SCP processes" if self.workers else "in-process SCP",
         )
         return self.address
+
+    def _set_pace(self, pace: float) -> None:
+        """Intake pacing (``pace.py``): the relay's new hold-back per C-STORE response."""
+        if self.pool is not None:
+            self.pool.set_pace(pace)
+        elif self.scp is not None:
+            self.scp.pace = pace
 
     def scp_alive(self) -> bool:
         """For /readyz: the SCP is accepting (every worker process is running)."""

@@ -2,7 +2,8 @@
 
 ``python -m producers.receiver.worker CONTROL_FD LISTEN_FD``: reads its ``WorkerSettings`` from
 the control socket, serves C-STORE on the inherited listening socket, reports its counters
-every quarter second and exits when told to stop or when the control socket closes (the
+every quarter second, holds its C-STORE responses back by the pace it is sent (intake
+pacing, ``pace.py``) and exits when told to stop or when the control socket closes (the
 receiver process is gone).
 """
 
@@ -73,11 +74,16 @@ def main(argv: list[str]) -> int:
     stop = threading.Event()
     reporter = threading.Thread(target=_report, args=(conn, stop, lock), daemon=True)
     reporter.start()
-    try:
-        message = conn.recv()
-    except (EOFError, OSError):
-        # the receiver process is gone: acknowledge nothing more, at once
-        os._exit(1)
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            # the receiver process is gone: acknowledge nothing more, at once
+            os._exit(1)
+        if message and message[0] == "pace":  # intake pacing (``pace.py``), from the relay
+            scp.pace = float(message[1])
+            continue
+        break
     grace = float(message[1]) if message and message[0] == "stop" else 0.0
     scp.stop(grace)
     stop.set()

@@ -48,6 +48,7 @@ FORWARDED: list[Counter] = [
     metrics.DUPLICATES,
     metrics.FAILURES,
     metrics.PROBE_INSTANCES_RECEIVED,  # appended: positions are the protocol
+    metrics.PACED_SECONDS,
 ]
 Snapshot = dict[tuple[int, tuple[tuple[str, str], ...]], float]
 
@@ -125,8 +126,9 @@ class WorkerPool:
         self.restarts = 0
         self._workers: dict[int, _Worker] = {}
         self._stopping = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the workers, and every send to them
         self._thread: threading.Thread | None = None
+        self.pace = 0.0  # s per C-STORE response (``set_pace``)
 
     def start(self, timeout: float = 60.0) -> None:
         """Start every worker and wait until each one is accepting."""
@@ -165,7 +167,19 @@ class WorkerPool:
         )
         conn.send(settings)
         with self._lock:
+            if self.pace:  # a restarted worker paces as the others do
+                conn.send(("pace", self.pace))
             self._workers[index] = _Worker(index, popen, conn)
+
+    def set_pace(self, pace: float) -> None:
+        """Tell every worker how long to hold back each C-STORE response (``pace.py``)."""
+        with self._lock:
+            self.pace = pace
+            for w in self._workers.values():
+                try:
+                    w.conn.send(("pace", pace))
+                except OSError:
+                    pass  # gone: the supervisor restarts it, with this pace
 
     def alive(self) -> bool:
         with self._lock:
@@ -221,11 +235,11 @@ class WorkerPool:
             self._thread.join(5)
         with self._lock:
             workers = list(self._workers.values())
-        for w in workers:
-            try:
-                w.conn.send(("stop", timeout))
-            except OSError:
-                pass
+            for w in workers:
+                try:
+                    w.conn.send(("stop", timeout))
+                except OSError:
+                    pass
         deadline = time.monotonic() + timeout + 5
         for w in workers:
             self._drain(w, deadline)

@@ -67,9 +67,11 @@ class LocalReceiver:
     workers: int = 0
     bus: MemoryBus = field(default_factory=lambda: MemoryBus(Topology(f"r{uuid.uuid4().hex[:6]}")))
     key: RegionalKey = KEY  # the receiver's own key (`smartbox receive`: intake_key.load)
+    #: the object store (default: a ``LocalStore`` under ``root``)
+    object_store: LocalStore | None = None
 
     def __post_init__(self) -> None:
-        self.store = LocalStore(self.root / "objects")
+        self.store = self.object_store or LocalStore(self.root / "objects")
         self.stop_event = threading.Event()
         self.service = ReceiverService(
             self.trust,
