@@ -52,10 +52,12 @@ __all__ = [
     "pattern_kind",
 ]
 
-_INTEREST = frozenset(
-    int(tag_for_keyword(kw) or 0)
+#: tag -> keyword of the attributes collected besides person names (looked up for every value)
+_INTEREST_KEYWORDS = {
+    int(tag_for_keyword(kw) or 0): kw
     for kw in (*ID_KEYWORDS, *ADDRESS_KEYWORDS, *PHONE_KEYWORDS, *UID_KEYWORDS, "PatientBirthDate")
-)
+}
+_INTEREST = frozenset(_INTEREST_KEYWORDS)
 _ALNUM = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 _DIGITS = frozenset(b"0123456789")
 _UID_CHARS = frozenset(b"0123456789.")
@@ -200,7 +202,7 @@ class Identifiers:
                 self._collect_value(t, values, nhs_tag)
 
     def _collect_value(self, t: int, values: list[str], nhs_tag: int) -> None:
-        kw = keyword_for_tag(t)
+        kw = _INTEREST_KEYWORDS.get(t) or keyword_for_tag(t)
         for v in values:
             if t == nhs_tag:
                 self.add_nhs(v)

@@ -24,7 +24,7 @@ from io import BytesIO
 
 from pydicom.charset import default_encoding
 from pydicom.dataelem import RawDataElement, empty_value_for_VR
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -76,12 +76,12 @@ def read(raw: bytes) -> FileDataset | None:
     if found is None:
         return None
     elements, _end = found
-    ds = Dataset(elements, parent_encoding=default_encoding)  # type: ignore[arg-type]
-    # (read_dataset also records the encoding on ``ds``: the FileDataset's own, set below
-    # as read_partial sets it, is the one that is kept)
+    # straight into the FileDataset (read_partial makes a Dataset first and shares its
+    # elements with the FileDataset: the same dictionary, one object fewer to build); the
+    # encoding recorded is the FileDataset's, set as read_partial sets it
     fp.seek(len(raw))  # where dcmread leaves it
-    result = FileDataset(fp, ds, preamble, file_meta, implicit, True)
-    result.set_original_encoding(implicit, True, ds._character_set)
+    result = FileDataset(fp, elements, preamble, file_meta, implicit, True)  # type: ignore[arg-type]
+    result.set_original_encoding(implicit, True, result._character_set)
     return result
 
 
@@ -95,9 +95,7 @@ def _file_meta(raw: bytes, pos: int) -> tuple[FileMetaDataset, int] | None:
     if found is None:
         return None
     elements, end = found
-    read = Dataset(elements, parent_encoding=default_encoding)  # type: ignore[arg-type]
-    read.set_original_encoding(False, True, default_encoding)
-    file_meta = FileMetaDataset(read)
+    file_meta = FileMetaDataset(elements)  # type: ignore[arg-type]  # as a Dataset shares them
     file_meta.set_original_encoding(False, True, default_encoding)
     if file_meta[_GROUP_LENGTH].value != end - (pos + 12):
         return None  # pydicom's reader logs it
