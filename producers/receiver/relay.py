@@ -109,7 +109,7 @@ class Relay:
         self._uploads = ThreadPoolExecutor(
             UPLOAD_THREADS, thread_name_prefix=f"upload-{trust.code}"
         )
-        #: uploads finished (or found lost) since start: the pacing's measure of progress
+        #: uploads finished since start: the pacing's measure of progress
         self.uploaded_total = 0
         self.pace = IntakePace(lag_target(trust.quiet_seconds, trust.intake_pace_lag_seconds))
         #: told each new pace (s per C-STORE response): the SCP, or its worker processes
