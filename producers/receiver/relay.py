@@ -210,20 +210,23 @@ class Relay:
                 except BaseException as exc:  # noqa: BLE001 - the first failure is raised below
                     failure = failure or exc
             if len(done) >= UPLOAD_CHUNK or (done and not in_flight):
-                self.spool.mark_uploaded(done)
-                handled += len(done)
-                self.uploaded_total += len(done)
+                handled += self._recorded(done)
                 done = []
         if done:
-            self.spool.mark_uploaded(done)
-            handled += len(done)
-            self.uploaded_total += len(done)
+            handled += self._recorded(done)
         if isinstance(failure, FileNotFoundError):
             # vanished while uploading: the next pass finds it missing and marks it lost
             raise TransientError("a spool file is missing") from failure
         if failure is not None:
             raise failure
         return handled
+
+    def _recorded(self, done: list[int]) -> int:
+        """Record finished uploads in the ledger (one transaction) and count them as the
+        pacing's progress; how many."""
+        self.spool.mark_uploaded(done)
+        self.uploaded_total += len(done)
+        return len(done)
 
     def run(self, stop: threading.Event) -> None:
         """Step every ``poll_seconds``; after a failure, back off (up to MAX_BACKOFF) while the
