@@ -256,7 +256,11 @@ def setup(role: str, level: str | None = None, *, trust: str | None = None) -> N
     root.handlers[:] = [handler]
     root.setLevel(lvl)
     # pika and pynetdicom are chatty at INFO and pynetdicom logs dataset contents at DEBUG
-    for noisy in ("pika", "pynetdicom", "urllib3", "pydicom"):
+    for noisy in ("pika", "pynetdicom", "pydicom"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # urllib3 warns of each retry of an S3 request; smartbox.s3 reports the outcome itself
+    # (the error the command ends with, or the stage's own warning), so an operator whose S3
+    # is down reads one line that names the endpoint, not a retry trace before it
+    logging.getLogger("urllib3").setLevel(max(logging.ERROR, root.level))
     warnings.showwarning = _show_warning
     quiet_pydicom()

@@ -115,9 +115,12 @@ class S3Store:
                 raise PermanentError(f"{what}: {exc.code}") from exc
             raise TransientError(f"{what}: S3 error {exc.code}") from exc
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise TransientError(
-                f"{what}: {self.endpoint} unavailable ({type(exc).__name__})"
-            ) from exc
+            raise TransientError(f"{what}: {self._unavailable(exc)}") from exc
+
+    def _unavailable(self, exc: BaseException) -> str:
+        """What an operator reads when the server cannot be reached: which setting names it."""
+        name = type(exc).__name__
+        return f"S3 endpoint {self.endpoint} (SMARTBOX_S3_ENDPOINT) unavailable ({name})"
 
     def ensure_bucket(self, bucket: str) -> None:
         def run() -> None:
@@ -295,6 +298,4 @@ class S3Store:
         except S3Error as exc:
             raise TransientError(f"list {bucket}/{prefix}: S3 error {exc.code}") from exc
         except (MinioException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise TransientError(
-                f"list {bucket}/{prefix}: {self.endpoint} unavailable ({type(exc).__name__})"
-            ) from exc
+            raise TransientError(f"list {bucket}/{prefix}: {self._unavailable(exc)}") from exc

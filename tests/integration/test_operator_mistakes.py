@@ -274,6 +274,32 @@ def test_an_s3_endpoint_with_a_scheme(base: dict[str, str], argv: list[str]) -> 
     one_line_error(run(env, *argv), "SMARTBOX_S3_ENDPOINT", "SMARTBOX_S3_SECURE")
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["held"],
+        ["status"],
+        ["purge-quarantine"],
+        ["reconcile", "--trust", "RMX"],
+        ["report", "--trust", "RMX", "--from", "2026-01-01", "--to", "2026-02-01"],
+    ],
+    ids=lambda a: a[0],
+)
+def test_an_s3_server_that_is_down_is_one_line_naming_the_endpoint(
+    base: dict[str, str], argv: list[str], tmp_path: Path
+) -> None:
+    """Not a mistake in the files but the same courtesy: exit 1 (unavailable, try again) and
+    one line naming the endpoint and its setting, not urllib3's retries before it."""
+    out = run(base, *argv, cwd=tmp_path)  # base: SMARTBOX_S3_ENDPOINT 127.0.0.1:9, nothing there
+    text = out.stdout + out.stderr
+    assert "Traceback" not in text and "Retrying" not in text, text
+    assert out.returncode == 1, (out.returncode, text)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("smartbox: unavailable: "), lines[0]
+    assert "S3 endpoint 127.0.0.1:9 (SMARTBOX_S3_ENDPOINT) unavailable" in lines[0], lines[0]
+
+
 def test_a_bad_log_level(base: dict[str, str]) -> None:
     one_line_error(run(base, "--log-level", "LOUD", "check-config"), "--log-level", "LOUD")
     one_line_error(
