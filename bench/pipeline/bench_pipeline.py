@@ -20,6 +20,9 @@ in an order that rotates from round to round:
   staging, by a minimal loop over the ``minio`` client in ``--anonymisers`` processes of 4
   threads each (the anonymiser's instance parallelism), no DICOM work.
 
+S3 requests per instance are read from weed's own metrics (``-metricsPort``) over the same
+window, by bucket role, request type and status.
+
 CPU ms per instance is per process (utime + stime from /proc, children included: the
 receiver's SCP workers) over the timed window, weed included, divided by N (so each
 anonymiser's figure is its share; ``anonymisers`` is their sum). ``engine alone`` is the
@@ -129,6 +132,40 @@ class CpuMeter:
             name: (tree_ticks(pid) - self.start[name]) * 1000.0 / CLK_TCK
             for name, pid in self.pids.items()
         }
+
+
+class S3Requests:
+    """S3 requests the server answered over a window, from weed's own Prometheus counter
+    (``SeaweedFS_s3_request_total``, by bucket, type and status): what each mode asks of the
+    store per instance, read on the server side so no client is instrumented. weed's types are
+    coarse (a HEAD counts as GET, bucket calls as PUT/LIST); the status tells misses apart."""
+
+    def __init__(self, server: S3Server, buckets: dict[str, str]) -> None:
+        self.url = f"http://{server.metrics}/metrics"
+        self.roles = {name: role for role, name in buckets.items()}
+        self.start = self.read()
+
+    def read(self) -> dict[str, float]:
+        import urllib.request
+
+        counts: dict[str, float] = {}
+        with urllib.request.urlopen(self.url, timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                if not line.startswith("SeaweedFS_s3_request_total{"):
+                    continue
+                labels_text, value = line[len("SeaweedFS_s3_request_total{") :].rsplit("} ", 1)
+                labels = dict(part.split("=", 1) for part in labels_text.split(",") if "=" in part)
+                labels = {k: v.strip('"') for k, v in labels.items()}
+                bucket = self.roles.get(labels.get("bucket", ""), labels.get("bucket") or "-")
+                code = labels.get("code", "")
+                name = f"{bucket} {labels.get('type', '?')}" + ("" if code == "200" else f" {code}")
+                counts[name] = counts.get(name, 0.0) + float(value)
+        return counts
+
+    def per_instance(self, n: int) -> dict[str, float]:
+        end = self.read()
+        out = {k: (v - self.start.get(k, 0.0)) / n for k, v in sorted(end.items())}
+        return {k: round(v, 3) for k, v in out.items() if v}
 
 
 # --- corpus ----------------------------------------------------------------------------------
@@ -245,10 +282,18 @@ def run_pipeline(args: argparse.Namespace, tree: Path, studies: list[list[Path]]
         pids["weed"] = run.s3.process.pid
         n = sum(len(s) for s in studies)
         meter = CpuMeter(pids)
+        s3 = S3Requests(run.s3, run.p.buckets)
         t0 = time.monotonic()
         send(run.port, run.code, studies, args.associations)
         t1 = wait_count(run, "exporter", "instances_staged", n, 1800)
-        return {"seconds": t1 - t0, "rate": n / (t1 - t0), "cpu": meter.ms(), "n": n}
+        cpu = meter.ms()
+        return {
+            "seconds": t1 - t0,
+            "rate": n / (t1 - t0),
+            "cpu": cpu,
+            "n": n,
+            "s3": s3.per_instance(n),
+        }
     finally:
         run.close()
 
@@ -260,12 +305,20 @@ def run_receive(args: argparse.Namespace, tree: Path, studies: list[list[Path]])
         pids["weed"] = run.s3.process.pid
         n = sum(len(s) for s in studies)
         meter = CpuMeter(pids)
+        s3 = S3Requests(run.s3, run.p.buckets)
         t0 = time.monotonic()
         send(run.port, run.code, studies, args.associations)
         t1 = time.monotonic()
         t2 = wait_count(run, "anonymiser", "instance_count", n, 1800)
         cpu = meter.ms()  # up to the last study.arrived: the relay's uploads included
-        return {"seconds": t1 - t0, "rate": n / (t1 - t0), "cpu": cpu, "n": n, "announced": t2 - t0}
+        return {
+            "seconds": t1 - t0,
+            "rate": n / (t1 - t0),
+            "cpu": cpu,
+            "n": n,
+            "announced": t2 - t0,
+            "s3": s3.per_instance(n),
+        }
     finally:
         run.close()
 
@@ -302,6 +355,7 @@ def run_floor(args: argparse.Namespace, tree: Path, studies: list[list[Path]]) -
         pids = {f"floor{i + 1}": p.pid for i, p in enumerate(procs)}
         pids["weed"] = run.s3.process.pid
         meter = CpuMeter(pids)
+        s3 = S3Requests(run.s3, run.p.buckets)
         t0 = time.monotonic()
         for p in procs:
             assert p.stdin is not None
@@ -311,9 +365,16 @@ def run_floor(args: argparse.Namespace, tree: Path, studies: list[list[Path]]) -
             assert p.stdout is not None and p.stdout.readline().strip() == "done"
         t1 = time.monotonic()
         cpu = meter.ms()
+        requests = s3.per_instance(len(files))
         for p in procs:
             p.wait(60)
-        return {"seconds": t1 - t0, "rate": len(files) / (t1 - t0), "cpu": cpu, "n": len(files)}
+        return {
+            "seconds": t1 - t0,
+            "rate": len(files) / (t1 - t0),
+            "cpu": cpu,
+            "n": len(files),
+            "s3": requests,
+        }
     finally:
         run.close()
 
@@ -366,8 +427,9 @@ def engine_ms(tree: Path, files: list[Path]) -> float:
 
 
 # --- report ----------------------------------------------------------------------------------
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+def spread(values: list[float], digits: int = 2) -> str:
+    m, lo, hi = statistics.median(values), min(values), max(values)
+    return f"{m:.{digits}f} ({lo:.{digits}f}-{hi:.{digits}f})"
 
 
 def loadavg() -> str:
@@ -388,6 +450,10 @@ def summary(results: dict[str, list[dict]]) -> list[str]:
         lines.append(f"{mode}: {spread([x['rate'] for x in runs])} inst/s")
         for proc in runs[0]["cpu"]:
             lines.append(f"  {proc} CPU ms/inst: {spread([x['cpu'][proc] / x['n'] for x in runs])}")
+        kinds = sorted({k for x in runs for k in x["s3"]})
+        for kind in kinds:
+            values = [x["s3"].get(kind, 0.0) for x in runs]
+            lines.append(f"  S3 {kind} requests/inst: {spread(values, 3)}")
     if "pipeline" in results:
         ratios = [x["cpu"]["anonymisers"] / x["cpu"]["engine alone"] for x in results["pipeline"]]
         lines.append(f"anonymisers CPU / engine alone: {spread(ratios)}")
@@ -453,7 +519,7 @@ def _main(args: argparse.Namespace) -> int:
                 print(
                     f"round {r + 1} {rev} {mode:8s} {res['rate']:6.1f} inst/s"
                     f" ({res['seconds']:.1f}s{extra}); CPU ms/inst {json.dumps(per)};"
-                    f" load {loadavg()}",
+                    f" S3 requests/inst {json.dumps(res['s3'])}; load {loadavg()}",
                     flush=True,
                 )
     lines = {rev: summary(results[rev]) for _t, rev in trees}

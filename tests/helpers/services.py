@@ -29,6 +29,7 @@ WEED_PORT_FLAGS = [
     "webdav.port",
     "debug.port",
     "s3.debug.port",
+    "metricsPort",  # Prometheus metrics of every part (the benchmarks count S3 requests there)
 ]
 
 
@@ -39,6 +40,7 @@ class S3Server:
     secret_key: str
     process: subprocess.Popen[bytes]
     log: Path
+    metrics: str = ""  # host:port of weed's Prometheus metrics ("" if not exposed)
 
     def client(self) -> Minio:
         return Minio(
@@ -131,7 +133,14 @@ def _start_s3_server(weed: str, directory: Path, timeout: float) -> S3Server:
     env = dict(os.environ, AWS_ACCESS_KEY_ID=access, AWS_SECRET_ACCESS_KEY=secret)
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=directory)
-    server = S3Server(f"127.0.0.1:{flags['s3.port']}", access, secret, proc, log)
+    server = S3Server(
+        f"127.0.0.1:{flags['s3.port']}",
+        access,
+        secret,
+        proc,
+        log,
+        metrics=f"127.0.0.1:{flags['metricsPort']}",
+    )
     deadline = time.monotonic() + timeout
     client = server.client()
     while time.monotonic() < deadline:
