@@ -176,6 +176,8 @@ def clinical_withdrawal_prefix(trust: str) -> str:
 def clinical_withdrawal_key(trust: str, export_id: str) -> str:
     """A withdrawal of an exported clinical record version, waiting for the trust's next batch."""
     return f"{clinical_withdrawal_prefix(trust)}{export_id}.json"
+
+
 PARTS = "_parts/"
 _PART = re.compile(
     r"^_parts/[A-Z0-9]{2,8}/[0-9a-f]{32}/(?P<index>\d{5})-of-(?P<count>\d{5})\.json$"

@@ -23,8 +23,6 @@ from helpers.util import IN_CI, missing, wait_for  # noqa: E402,F401
 RABBITMQ_URL = os.environ.get("SMARTBOX_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
 
-
-
 @pytest.fixture(autouse=True)
 def _root_logging_restored() -> Iterator[None]:
     """A command run in-process (``cli.main`` calls ``logs.setup``) points the root logger

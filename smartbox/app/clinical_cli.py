@@ -107,9 +107,7 @@ def _stage(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cohort_from_clinical(
-    settings: Settings, trust: Any, path: Path, key: Any
-) -> tuple[str, int]:
+def cohort_from_clinical(settings: Settings, trust: Any, path: Path, key: Any) -> tuple[str, int]:
     """Queue a cohort of the submission's patients with a swab result (valid rows only): one
     cohort row per patient, from ``swab_days_before`` their first swab to ``swab_days_after``
     their last, with the trust's chest filters; (cohort id, patients)."""

@@ -69,5 +69,3 @@ def _held(args: argparse.Namespace, settings: Settings) -> int:
     if not reasons:
         print("nothing held back")
     return 0
-
-

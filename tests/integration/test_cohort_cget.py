@@ -141,9 +141,7 @@ def test_a_cohort_is_retrieved_by_c_get_through_the_receiver_matched_on_other_pa
         wait_for(lambda: cohort_status(p, CODE, cohort_id)["done"], 240, "the cohort", 1)
         names = Pseudonymiser(RegionalKey.from_env({"SMARTBOX_PSEUDONYM_KEY": KEY}), CODE, 1)
         expected_staged = {names.uid(s.study_uid) for s in wanted}
-        wait_for(
-            lambda: staged_studies(p, CODE) >= expected_staged, 120, "the studies staged", 0.5
-        )
+        wait_for(lambda: staged_studies(p, CODE) >= expected_staged, 120, "the studies staged", 0.5)
         time.sleep(3)  # past the receiver's quiet period: anything extra would show now
         status = cohort_status(p, CODE, cohort_id)
         received = p.metric(f"receiver-{CODE}", "smartbox_instances_received_total", trust=CODE)
@@ -247,9 +245,7 @@ def test_a_c_get_cut_by_the_receiver_s_death_fails_those_instances_and_fetches_o
         wait_for(lambda: cohort_status(p, CODE, cohort_id)["done"], 240, "the cohort", 1)
         names = Pseudonymiser(RegionalKey.from_env({"SMARTBOX_PSEUDONYM_KEY": KEY}), CODE, 1)
         expected_staged = {names.uid(s.study_uid) for s in wanted}
-        wait_for(
-            lambda: staged_studies(p, CODE) >= expected_staged, 120, "the studies staged", 0.5
-        )
+        wait_for(lambda: staged_studies(p, CODE) >= expected_staged, 120, "the studies staged", 0.5)
         time.sleep(3)
         failures = _failures(p)
     finally:

@@ -140,9 +140,7 @@ def test_a_cohort_is_retrieved_exactly_once_gently_and_across_restarts(
         wait_for(lambda: cohort_status(p, CODE, cohort_id)["done"], 240, "the cohort", 1)
         names = Pseudonymiser(RegionalKey.from_env({"SMARTBOX_PSEUDONYM_KEY": KEY}), CODE, 1)
         expected_staged = {names.uid(s.study_uid) for s in wanted}
-        wait_for(
-            lambda: staged_studies(p, CODE) >= expected_staged, 120, "the studies staged", 0.5
-        )
+        wait_for(lambda: staged_studies(p, CODE) >= expected_staged, 120, "the studies staged", 0.5)
         time.sleep(3)  # past the receiver's quiet period: anything extra would show now
         status = cohort_status(p, CODE, cohort_id)
         sent_before_again = len(receiver_relay.requests)
