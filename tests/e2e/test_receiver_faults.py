@@ -22,6 +22,7 @@ from helpers.receiver_e2e import (
     storescu_outcomes,
     wait_dicom_port,
 )
+from helpers.tcp import TcpGate
 from helpers.util import missing, wait_for
 
 from smartbox.synthetic import make_ct_study
@@ -107,21 +108,33 @@ def test_sigkill_mid_association_then_the_pacs_resends(pipeline: Pipeline, tmp_p
 def test_sigkill_mid_relay_repeats_the_step(pipeline: Pipeline, tmp_path: Path) -> None:
     p, n = pipeline, 400
     declare_topology(p)
-    start_receiver(p, "RTK", quiet=2.0)
-    files = make_ct_study(410, series=1, per_series=n, rows=512, columns=512).write(tmp_path)
-    result = p.storescu("RTK", files)
-    assert result.returncode == 0, result.stderr
-    wait_for(lambda: quarantine_instances(p, "RTK"), 60, "uploads started", 0.02)
-    p.kill("receiver-RTK", signal.SIGKILL)
-    at_kill = len(quarantine_instances(p, "RTK"))
-    assert 0 < at_kill < n, f"the kill missed the relay ({at_kill} of {n} uploaded)"
-    assert Arrivals(p).poll().instances("RTK") == 0
+    # the receiver reaches S3 through a gate held while the study arrives: its uploads (made
+    # while receiving) are then all still to do when the sender is done, on a machine of any
+    # speed, and the kill lands in the middle of them
+    host, port = p.s3.endpoint.rsplit(":", 1)
+    gate = TcpGate((host, int(port)))
+    p.extra_env = {**p.extra_env, "SMARTBOX_S3_ENDPOINT": gate.endpoint}
+    try:
+        start_receiver(p, "RTK", quiet=2.0)
+        files = make_ct_study(410, series=1, per_series=n, rows=512, columns=512).write(tmp_path)
+        gate.hold()
+        result = p.storescu("RTK", files)
+        assert result.returncode == 0, result.stderr
+        assert quarantine_instances(p, "RTK") == []
+        gate.release()
+        wait_for(lambda: quarantine_instances(p, "RTK"), 60, "uploads started", 0.02)
+        p.kill("receiver-RTK", signal.SIGKILL)
+        at_kill = len(quarantine_instances(p, "RTK"))
+        assert 0 < at_kill < n, f"the kill missed the relay ({at_kill} of {n} uploaded)"
+        assert Arrivals(p).poll().instances("RTK") == 0
 
-    start_receiver(p, "RTK", quiet=2.0)
-    arrivals = Arrivals(p)
-    arrivals.wait("RTK", n)
-    arrivals.assert_exactly_once("RTK", n)
-    assert len(arrivals.messages("RTK")) == 1  # the same batch, resumed
+        start_receiver(p, "RTK", quiet=2.0)
+        arrivals = Arrivals(p)
+        arrivals.wait("RTK", n)
+        arrivals.assert_exactly_once("RTK", n)
+        assert len(arrivals.messages("RTK")) == 1  # the same batch, resumed
+    finally:
+        gate.close()
 
 
 def test_spool_high_water_mark_refuses_with_a700_and_loses_nothing(

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from .pipeline import free_port
+from .tcp import close_both, serve_pairs
 
 
 @dataclass
@@ -37,31 +38,20 @@ class Relay:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
-        self._server.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                client, _ = self._server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=10)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self.connections += 1
-                self.open_now += 1
-                self.max_open = max(self.max_open, self.open_now)
-            done = threading.Event()
-            threading.Thread(
-                target=self._pipe, args=(client, upstream, self.requests, done), daemon=True
-            ).start()
-            threading.Thread(
-                target=self._pipe, args=(upstream, client, self.responses, done), daemon=True
-            ).start()
+        serve_pairs(self._server, self._stop, self.target, self._start_pipes)
+
+    def _start_pipes(self, client: socket.socket, upstream: socket.socket) -> None:
+        with self._lock:
+            self.connections += 1
+            self.open_now += 1
+            self.max_open = max(self.max_open, self.open_now)
+        done = threading.Event()
+        threading.Thread(
+            target=self._pipe, args=(client, upstream, self.requests, done), daemon=True
+        ).start()
+        threading.Thread(
+            target=self._pipe, args=(upstream, client, self.responses, done), daemon=True
+        ).start()
 
     def _pipe(
         self, src: socket.socket, dst: socket.socket, seen: list[float], done: threading.Event
@@ -77,16 +67,11 @@ class Relay:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
             if not done.is_set():
                 done.set()
                 with self._lock:
                     self.open_now -= 1
-            src.close()
+            close_both(src, dst)
 
     def _count(self, buf: bytes, seen: list[float]) -> bytes:
         """Consume whole PDUs from ``buf``; note each last command fragment (PS3.8 9.3.5)."""
