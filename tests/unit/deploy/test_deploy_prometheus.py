@@ -162,7 +162,10 @@ def _promtool() -> str:
 
 
 def _run(*args: str, cwd: Path = PROM) -> None:
-    res = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=120)
+    # a guard against a hung promtool, not a time limit: `promtool test rules` evaluates every
+    # rule once a minute over each group's horizon (up to 62 h), CPU-bound in one thread, and
+    # took 126 s on a slow 2-core VM
+    res = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
